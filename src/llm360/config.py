@@ -1,0 +1,391 @@
+"""The run config: one typed tree, loaded from YAML, overridden with `--section.key=value`.
+
+The key names are those of SPEC.md section 9. Every section is a small pydantic model that
+forbids unknown keys, so a typo is caught with the key's full dotted name. Each component of
+llm360 takes only its own section (`cfg.data`, `cfg.train`, ...), never the whole tree.
+
+    cfg = load_config("configs/demo.yaml", ["--train.lr=3e-4"])
+    save_config(cfg, run_dir / "run.yaml")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llm360.errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+BUILTIN_SOURCES = ("python-docs", "python-code")
+SOURCE_KINDS = ("jsonl", "parquet", "text", "code", "builtin", *BUILTIN_SOURCES)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class TokenizerConfig(Section):
+    vocab_size: int = Field(8192, ge=259, le=1_000_000)  # byte-level BPE needs the 256 bytes
+    path: str | None = None  # an existing tokenizer.json or transformers tokenizer folder
+    sample_chars: int = Field(20_000_000, gt=0)  # text drawn (seeded) to train the BPE on
+
+
+class SourceConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["jsonl", "parquet", "text", "code", "builtin", "python-docs", "python-code"]
+    paths: list[str] = []  # files, folders or globs, relative to the config file
+    root: str | None = None  # what uris are relative to; default: the common parent
+    text_field: str = "text"  # jsonl key / parquet column holding the text
+    include: list[str] = ["**/*"]  # globs inside a `code` tree
+    builtin: Literal["python-docs", "python-code"] | None = None
+    license: str | None = None
+
+    @model_validator(mode="after")
+    def _normalize_builtin(self) -> "SourceConfig":
+        # `kind: python-docs` and `kind: builtin, builtin: python-docs` mean the same
+        if self.kind in BUILTIN_SOURCES:
+            if self.builtin not in (None, self.kind):
+                raise ValueError(f"kind {self.kind!r} contradicts builtin {self.builtin!r}")
+            object.__setattr__(self, "builtin", self.kind)
+            object.__setattr__(self, "kind", "builtin")
+        if self.kind == "builtin" and self.builtin is None:
+            raise ValueError("kind 'builtin' needs `builtin: python-docs` or `builtin: python-code`")
+        if self.kind != "builtin" and not self.paths:
+            raise ValueError(f"source {self.name!r} of kind {self.kind!r} needs `paths`")
+        return self
+
+
+class FilterConfig(Section):
+    min_chars: int = Field(1, ge=0)
+    max_chars: int = Field(1_000_000, gt=0)
+    dedup: bool = True
+
+
+class StageConfig(Section):
+    name: str
+    chunks: int = Field(ge=1)
+    mix: dict[str, float]
+    rewarm_steps: int = Field(0, ge=0)  # re-warm the LR at this stage's start (Crystal stage 3)
+
+    @field_validator("mix")
+    @classmethod
+    def _positive_weights(cls, mix: dict[str, float]) -> dict[str, float]:
+        if not mix:
+            raise ValueError("a stage needs at least one source in `mix`")
+        for name, weight in mix.items():
+            if weight < 0:
+                raise ValueError(f"weight of {name!r} must be >= 0, got {weight}")
+        if sum(mix.values()) <= 0:
+            raise ValueError("mixture weights must not all be 0")
+        return mix
+
+
+class DataConfig(Section):
+    seq_len: int = Field(256, ge=8)
+    workers: int = Field(1, ge=1)
+    strict: bool = False
+    heldout_rows: int = Field(8, ge=0)
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    sources: list[SourceConfig] = []
+    filters: FilterConfig = FilterConfig()
+    stages: list[StageConfig] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataConfig":
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        for stage in self.stages:
+            unknown = sorted(set(stage.mix) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"stage {stage.name!r} mixes unknown source(s) {', '.join(unknown)}; "
+                    f"sources are: {', '.join(names) or '(none)'}"
+                )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+class ModelConfig(Section):
+    """Architecture: a named preset, any field of which may be overridden."""
+
+    preset: str = "demo"
+    dim: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    ffn_dim: int | None = None
+    rope_theta: float | None = None
+    norm_eps: float | None = None
+    tie_embeddings: bool | None = None
+    max_seq_len: int | None = None
+    vocab_size: int | None = None  # default: the tokenizer's
+    init_std: float | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if k != "preset" and v is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+class SpikeConfig(Section):
+    action: Literal["skip", "rollback", "stop", "log"] = "skip"
+    zscore: float = Field(6.0, gt=0)
+    window: int = Field(50, ge=2)
+    skip_batches: int = Field(1, ge=1)  # for rollback: batches skipped from the spike on
+    max_rollbacks: int = Field(5, ge=0)
+
+
+class FaultInjectionConfig(Section):
+    """Faults on purpose, for tests and drills."""
+
+    nan_at_steps: list[int] = []  # the loss of these global steps becomes NaN
+    kill_in_checkpoint: list[str] = []  # SIGKILL in the middle of writing these checkpoints
+    exit_after_steps: list[int] = []  # exit right after the checkpoint written at these step counts
+
+
+class TrainConfig(Section):
+    global_batch_rows: int = Field(16, ge=1)
+    micro_batch_rows: int = Field(16, ge=1)
+    steps_per_chunk: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    no_decay: list[str] = ["norm", "bias"]  # parameters whose name contains one of these
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    precision: Literal["auto", "fp32", "bf16", "bf16-pure"] = "auto"
+    compile: bool = False
+    activation_checkpointing: Literal["none", "full", "selective"] | bool = "none"
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+    extra_checkpoint_steps: list[int] = []
+    log_every: int = Field(1, ge=1)
+    spike: SpikeConfig = SpikeConfig()
+    fault_injection: FaultInjectionConfig = FaultInjectionConfig()
+
+    @model_validator(mode="after")
+    def _batch_shape(self) -> "TrainConfig":
+        if self.global_batch_rows % self.micro_batch_rows:
+            raise ValueError(
+                f"train.global_batch_rows ({self.global_batch_rows}) must be a multiple of "
+                f"train.micro_batch_rows ({self.micro_batch_rows})"
+            )
+        if self.min_lr > self.lr:
+            raise ValueError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# eval and analysis
+
+
+class EvalConfig(Section):
+    every_checkpoint: bool = True
+    heldout: bool = True
+    tasks: list[str] = []  # names of ../shared/benchmarks style files, or paths
+    max_questions: int | None = Field(None, ge=1)  # per task, a seeded sample; None = all
+    batch_size: int = Field(32, ge=1)
+
+
+class MemorizationConfig(Section):
+    samples_per_chunk: int = Field(1000, ge=1)
+    prompt_tokens: int = Field(32, ge=1)
+    continuation_tokens: int = Field(32, ge=1)
+    checkpoints: list[str] | Literal["all", "last"] = "all"
+    batch_size: int = Field(64, ge=1)
+
+
+class AnalysisConfig(Section):
+    memorization: MemorizationConfig = MemorizationConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# the tree
+
+
+class RunConfig(Section):
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+    base_dir: str | None = None  # where relative source paths start (default: the config's folder)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "RunConfig":
+        if self.model.max_seq_len is not None and self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) is beyond the model's context "
+                f"model.max_seq_len ({self.model.max_seq_len})"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def builtin_config(name: str) -> Path:
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise UserError(f"no shipped config named {name!r}; shipped configs: {known}")
+    return path
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (default: the shipped demo), apply `--a.b=value` overrides, validate.
+
+    `path` may also be a shipped config's name ("demo", "amber-7b", "crystal-7b").
+    """
+    if path is None:
+        path = builtin_config("demo")
+    path = Path(path)
+    if not path.exists() and path.suffix == "" and "/" not in str(path):
+        path = builtin_config(str(path))
+    if not path.exists():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: the config must be a mapping of sections, got {type(tree).__name__}")
+    for item in overrides or []:
+        apply_override(tree, item)
+    tree.setdefault("base_dir", str(path.resolve().parent))
+    return validate(tree, source=str(path))
+
+
+def validate(tree: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(describe_errors(e, source)) from None
+
+
+def apply_override(tree: dict, item: str) -> None:
+    """Apply one `--section.key=value` to the raw tree; the value is read as YAML."""
+    text = item[2:] if item.startswith("--") else item
+    if "=" not in text:
+        raise UserError(f"override {item!r} must look like --section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.split(".")
+    if not all(parts):
+        raise UserError(f"override {item!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, parts[: i + 1])
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, (dict, list)):
+            raise UserError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    if isinstance(node, list):
+        index = int(_list_index(node, parts[-1], parts))
+        node[index] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _list_index(items: list, part: str, parts: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise UserError(f"override key {'.'.join(parts)}: {part!r} is not an index below {len(items)}")
+    return int(part)
+
+
+def _list_item(items: list, part: str, parts: list[str]) -> Any:
+    return items[_list_index(items, part, parts)]
+
+
+def describe_errors(error: ValidationError, source: str) -> str:
+    """Turn pydantic's report into sentences that name each key and what it allows."""
+    lines = []
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        key = ".".join(loc) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _section_of(loc[:-1])
+            allowed = ", ".join(sorted(parent.model_fields)) if parent else ""
+            lines.append(f"unknown config key {key!r}" + (f"; allowed here: {allowed}" if allowed else ""))
+        elif kind == "missing":
+            lines.append(f"config key {key!r} is required")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+            where = f"config key {key!r}: " if loc else ""
+            lines.append(f"{where}{msg}{shown}")
+    head = f"{source}: invalid config" if len(lines) > 1 else f"{source}"
+    return head + (":\n  " + "\n  ".join(lines) if len(lines) > 1 else ": " + lines[0])
+
+
+def _section_of(loc: list[str]) -> type[BaseModel] | None:
+    model: Any = RunConfig
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        # unwrap list[X] / X | None
+        for arg in (getattr(ann, "__args__", None) or (ann,)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+            inner = getattr(arg, "__args__", None)
+            if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+                model = inner[0]
+                break
+        else:
+            return None
+    return model
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the fully resolved config (every default filled in)."""
+    from llm360.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "run.yaml"
+    if not path.exists():
+        raise UserError(f"{run_dir} is not a run directory (no run.yaml); run `llm360 prepare` first")
+    cfg = load_config(path)
+    return cfg
