@@ -1,0 +1,70 @@
+"""`llm360 data batch` and `llm360 data export-llm360`: looking at what the model trains on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from llm360.data.store import RunData, batch_at
+from llm360.errors import UserError
+from llm360.utils import pad_width
+
+
+def cli_batch(args) -> int:
+    data = RunData(args.run)
+    rows = batch_at(data, args.step)
+    if args.json:
+        print(json.dumps({"step": args.step, "chunk": rows[0]["chunk"] if rows else None,
+                          "fingerprint": data.fingerprint, "rows": rows}, ensure_ascii=False))
+        return 0
+    c, first = data.step_location(args.step)
+    stage = data.stage_of_chunk(c)
+    print(f"step {args.step}: chunk {c} (stage {stage['index']} {stage['name']}), rows {first}..{first + data.global_batch_rows - 1} "
+          f"of {data.rows_per_chunk}; fingerprint {data.fingerprint[:16]}")
+    for row in rows:
+        print(f"\n=== row {row['row']}  source {row['source']}")
+        for s in row["spans"]:
+            end = s["doc_token_offset"] + s["length"]
+            print(f"    doc {s['doc_id']} {s['uri']} tokens [{s['doc_token_offset']}:{end}] at row offset {s['offset']}")
+        print(row["text"])
+    return 0
+
+
+def export_llm360(run: str | Path | RunData, out: str | Path, progress: bool = False) -> list[Path]:
+    """Write train_000.jsonl ... : one {"token_ids": [...], "source": "..."} per row, training order."""
+    data = run if isinstance(run, RunData) else RunData(run)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    width = pad_width(data.n_chunks)
+    written = []
+    from rich.progress import Progress
+
+    with Progress(disable=not progress, transient=False) as bar:
+        task = bar.add_task("export chunks", total=data.n_chunks)
+        for c in range(data.n_chunks):
+            chunk = data.chunk(c)
+            sources = data.row_sources(c)
+            path = out / f"train_{c:0{width}d}.jsonl"
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for start in range(0, len(chunk), 4096):
+                    block = chunk[start : start + 4096].tolist()
+                    f.write("".join(
+                        '{"token_ids": [' + ", ".join(map(str, ids)) + '], "source": ' + json.dumps(sources[start + i]) + "}\n"
+                        for i, ids in enumerate(block)
+                    ))
+            os.replace(tmp, path)
+            written.append(path)
+            bar.advance(task)
+    return written
+
+
+def cli_export_llm360(args) -> int:
+    data = RunData(args.run)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    files = export_llm360(data, out, progress=True)
+    print(f"wrote {len(files)} files ({files[0].name} .. {files[-1].name}) to {out}" if files else f"no chunks in {args.run}")
+    return 0

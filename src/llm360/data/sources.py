@@ -1,0 +1,663 @@
+"""Sources: where documents come from, how they are read and cleaned, and what they are called.
+
+A source (one entry of `data.sources`) is resolved into *units*: pieces of input that one worker
+reads on its own. A unit is a file, a byte range of a large plain JSONL file, a run of row groups
+of a large parquet file, or one standard-library module for `python-docs`. Units are listed in
+document order, so concatenating what the units yield, in order, gives every source's documents
+in order, however the units are later grouped into tasks, workers or shards.
+
+Reading a unit yields `Record`s: a cleaned document, or a dropped one with the reason. Reasons:
+
+    decode_error   bytes that are not UTF-8
+    invalid_json   a JSONL line that does not parse
+    missing_text   a record without a string `text_field` (absent, null, a number, not an object)
+    unreadable     a file that cannot be read past some point (corrupt gzip, bad parquet...)
+    syntax_error   a standard-library file that `ast` cannot parse (python-docs)
+    empty          an empty file, an empty or blank line or record, a whitespace-only text
+    too_short      fewer characters than filters.min_chars
+    too_long       more characters than filters.max_chars
+    duplicate      (counted later, by `assemble`) the same cleaned text seen before
+
+Cleaning is Unicode NFC (and a leading byte-order mark removed from files); nothing else changes
+a document's text. uris (SPEC 2): `PATH:LINE` (1-based) for JSONL, `PATH#ROW` (0-based) for
+parquet, `PATH` for a whole file, `python:MODULE.QUALNAME` for a docstring (`@N` appended for the
+N-th docstring with the same name in one module, N >= 2) and `python:pydoc_data.topics#TOPIC` for
+a language-reference topic. PATH is relative to the source root, `/`-separated.
+
+Built-in sources read the running Python's standard library without importing it: every `.py`
+file under the stdlib folder, in sorted path order, skipping `site-packages`, folders that are
+not Python identifiers (`lib-dynload`, `config-3.x-...`), `__pycache__` and test folders (`test`,
+`tests`, `idle_test`: 60% of the bytes, and not the text the demo wants).
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import gzip
+import io
+import json
+import os
+import sysconfig
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from llm360.errors import UserError
+
+# Plain JSONL and parquet files above UNIT_BYTES are split into units (byte ranges, row groups).
+# Fixed, never derived from --workers: shards run with any worker count must agree on the units.
+UNIT_BYTES = 4 << 20
+DROP_REASONS = (
+    "decode_error", "invalid_json", "missing_text", "unreadable", "syntax_error",
+    "empty", "too_short", "too_long", "duplicate",
+)
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
+TEST_FOLDERS = {"test", "tests", "idle_test"}
+TOPICS_FILE = "pydoc_data/topics.py"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a source that a worker reads on its own."""
+
+    index: int  # position in the global document order
+    source: int  # index into data.sources
+    kind: str  # jsonl | parquet | file | python-docs | python-topics | unreadable
+    path: str  # absolute path of the file read
+    rel: str  # PATH as written in uris
+    size: int  # bytes (balancing and progress only)
+    start: int = 0  # jsonl: first byte; parquet: first row group
+    stop: int = -1  # jsonl: end byte (-1: end of file); parquet: end row group
+    first_row: int = 0  # parquet: row number of row group `start` in the file
+    text_field: str = "text"
+    module: str = ""  # python-docs: dotted module name
+    problem: str = ""  # unreadable: what is wrong
+
+
+class Record(NamedTuple):
+    """A document read from a unit: `text` is the cleaned text, or None when it was dropped."""
+
+    key: int  # jsonl: line within the unit, parquet: row within the unit (both 0-based), else a counter
+    name: str | None  # the uri, when the reader names the document itself (python docs)
+    text: str | None
+    reason: str | None  # why it was dropped
+    message: str  # "PATH:LINE: what is wrong" for a dropped record, "" otherwise
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    name: str
+    kind: str  # the config kind (jsonl, parquet, text, code, builtin)
+    builtin: str | None
+    root: str
+    text_field: str
+    license: str | None
+    first_unit: int
+    n_units: int
+
+
+@dataclass
+class Plan:
+    """All units of all sources, in document order."""
+
+    sources: list[SourcePlan]
+    units: list[Unit]
+
+    def units_of(self, source: int) -> list[Unit]:
+        s = self.sources[source]
+        return self.units[s.first_unit : s.first_unit + s.n_units]
+
+    def identity(self) -> list:
+        """What the units are; part of the shard plan id (sizes, not times: copies may differ)."""
+        return [[u.source, u.kind, u.rel, u.size, u.start, u.stop] for u in self.units]
+
+
+# ---------------------------------------------------------------------------------------------
+# resolving sources into units
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's .py files in sorted relative-path order (see the module docstring)."""
+    root = stdlib_dir()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if d.isidentifier() and d not in TEST_FOLDERS and d != "__pycache__" and not d.startswith(".")
+        )
+        found.extend(here / f for f in filenames if f.endswith(".py"))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def module_name(rel: str) -> str:
+    parts = rel[: -len(".py")].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def plan_sources(data_cfg, base_dir: str | Path | None) -> Plan:
+    """Resolve every source of `data_cfg` (a DataConfig) into units; UserError on a bad path."""
+    base = Path(base_dir or ".").expanduser().resolve()
+    sources, units = [], []
+    for si, src in enumerate(data_cfg.sources):
+        first = len(units)
+        if src.kind == "builtin":
+            root, new = _builtin_units(src, si, len(units))
+        else:
+            root, new = _file_units(src, si, len(units), base)
+        units.extend(new)
+        sources.append(SourcePlan(
+            name=src.name, kind=src.kind, builtin=src.builtin, root=str(root), text_field=src.text_field,
+            license=src.license, first_unit=first, n_units=len(new),
+        ))
+    return Plan(sources, units)
+
+
+def _builtin_units(src, si: int, offset: int) -> tuple[Path, list[Unit]]:
+    root = stdlib_dir()
+    files = stdlib_files()
+    units = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        size = path.stat().st_size
+        if src.builtin == "python-code":
+            units.append(Unit(offset + len(units), si, "file", str(path), rel, size))
+        else:
+            units.append(Unit(offset + len(units), si, "python-docs", str(path), rel, size, module=module_name(rel)))
+    topics = root / TOPICS_FILE
+    if src.builtin == "python-docs" and topics.exists():
+        units.append(Unit(offset + len(units), si, "python-topics", str(topics), TOPICS_FILE, topics.stat().st_size))
+    return root, units
+
+
+def _has_magic(pattern: str) -> bool:
+    return glob.has_magic(pattern)
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, skipping hidden files and folders (.git, .DS_Store...)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _wanted(kind: str, path: Path) -> bool:
+    name = path.name.lower()
+    for suffix in COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    if kind == "jsonl":
+        return name.endswith(JSONL_SUFFIXES)
+    if kind == "parquet":
+        return name.endswith(".parquet")
+    return True
+
+
+def _file_units(src, si: int, offset: int, base: Path) -> tuple[Path, list[Unit]]:
+    matched: list[Path] = []
+    for pattern in src.paths:
+        p = Path(pattern).expanduser()
+        full = p if p.is_absolute() else base / p
+        if _has_magic(pattern):
+            hits = sorted(Path(h) for h in glob.glob(str(full), recursive=True))
+            if not hits:
+                raise UserError(f"source {src.name!r}: {pattern!r} matches no file (searched {full})")
+            matched.extend(hits)
+        elif not full.exists():
+            raise UserError(f"source {src.name!r}: path {full} does not exist")
+        else:
+            matched.append(full)
+    matched = [m.resolve() for m in matched]
+
+    if src.root:
+        r = Path(src.root).expanduser()
+        root = (r if r.is_absolute() else base / r).resolve()
+        if not root.is_dir():
+            raise UserError(f"source {src.name!r}: root {root} is not a folder")
+    else:
+        root = Path(os.path.commonpath([str(m if m.is_dir() else m.parent) for m in matched]))
+
+    files: list[Path] = []
+    for m in matched:
+        if m.is_dir():
+            if src.kind == "code":
+                inside = set()
+                for pattern in src.include:
+                    inside.update(f for f in m.glob(pattern) if f.is_file() and not _hidden(f, m))
+                found = sorted(inside, key=lambda f: f.relative_to(m).as_posix())
+            else:
+                found = [f for f in _visible_files(m) if _wanted(src.kind, f)]
+            if not found:
+                what = f"no file matching include {src.include}" if src.kind == "code" else f"no {src.kind} file"
+                raise UserError(f"source {src.name!r}: folder {m} holds {what}")
+            files.extend(found)
+        elif m.is_file():
+            files.append(m)
+    seen, ordered = set(), []
+    for f in files:
+        if f not in seen:
+            seen.add(f)
+            ordered.append(f)
+
+    units: list[Unit] = []
+    for f in ordered:
+        try:
+            rel = f.relative_to(root).as_posix()
+        except ValueError:
+            raise UserError(f"source {src.name!r}: {f} is outside the source root {root}") from None
+        size = f.stat().st_size
+        index = offset + len(units)
+        if src.kind == "jsonl":
+            units.extend(_jsonl_units(f, rel, size, si, index, src.text_field))
+        elif src.kind == "parquet":
+            units.extend(_parquet_units(f, rel, size, si, index, src.text_field))
+        else:
+            units.append(Unit(index, si, "file", str(f), rel, size))
+    return root, units
+
+
+def _hidden(path: Path, top: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(top).parts)
+
+
+def _jsonl_units(path: Path, rel: str, size: int, si: int, index: int, field: str) -> list[Unit]:
+    if path.name.lower().endswith(COMPRESSED_SUFFIXES) or size <= UNIT_BYTES:
+        return [Unit(index, si, "jsonl", str(path), rel, size, text_field=field)]
+    # byte ranges; a range reads the lines that *start* inside it, so every line is read once
+    starts = list(range(0, size, UNIT_BYTES))
+    return [
+        Unit(index + k, si, "jsonl", str(path), rel, min(UNIT_BYTES, size - a), start=a,
+             stop=min(a + UNIT_BYTES, size), text_field=field)
+        for k, a in enumerate(starts)
+    ]
+
+
+def _parquet_units(path: Path, rel: str, size: int, si: int, index: int, field: str) -> list[Unit]:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # corrupt or not parquet: one unit that reports it when read
+        return [Unit(index, si, "unreadable", str(path), rel, size, problem=f"not a readable parquet file ({e})")]
+    units, group, row, first_row, nbytes = [], 0, 0, 0, 0
+    for g in range(meta.num_row_groups):
+        nbytes += meta.row_group(g).total_byte_size
+        row += meta.row_group(g).num_rows
+        if nbytes >= UNIT_BYTES or g == meta.num_row_groups - 1:
+            units.append(Unit(index + len(units), si, "parquet", str(path), rel, nbytes, start=group, stop=g + 1,
+                              first_row=first_row, text_field=field))
+            group, first_row, nbytes = g + 1, row, 0
+    if not units:  # a parquet file without row groups: no documents, say so
+        units.append(Unit(index, si, "parquet", str(path), rel, size, start=0, stop=0, text_field=field))
+    return units
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def clean(text: str) -> str:
+    """The only change made to a document's text: Unicode NFC."""
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    return text
+
+
+def _filter(text: str, min_chars: int, max_chars: int) -> tuple[str | None, str]:
+    """(reason, what) when a cleaned text is dropped by the filters, else (None, "")."""
+    if not text or text.isspace():
+        return "empty", "empty text"
+    n = len(text)
+    if n < min_chars:
+        return "too_short", f"{n} characters, fewer than filters.min_chars ({min_chars})"
+    if n > max_chars:
+        return "too_long", f"{n} characters, more than filters.max_chars ({max_chars})"
+    return None, ""
+
+
+def read_unit(unit: Unit, min_chars: int = 1, max_chars: int = 1 << 62, limit: int | None = None) -> Iterator[Record]:
+    """Every record of `unit` in order, cleaned and filtered (dedup excepted).
+
+    With `limit`, stop after the kept texts reach `limit` characters (tokenizer sampling).
+    """
+    raw = {
+        "jsonl": _read_jsonl,
+        "parquet": _read_parquet,
+        "file": _read_file,
+        "python-docs": _read_docstrings,
+        "python-topics": _read_topics,
+        "unreadable": _read_unreadable,
+    }[unit.kind](unit)
+    kept = 0
+    for rec in raw:
+        if rec.text is not None:
+            text = clean(rec.text)
+            reason, what = _filter(text, min_chars, max_chars)
+            if reason:
+                rec = Record(rec.key, rec.name, None, reason, f"{where(unit, rec.key, rec.name)}: {what}")
+            else:
+                rec = rec._replace(text=text)
+                kept += len(text)
+        yield rec
+        if limit is not None and kept >= limit:
+            return
+
+
+def where(unit: Unit, key: int, name: str | None = None) -> str:
+    """`PATH:LINE` (or `PATH#ROW`, `PATH`) of a record, with PATH the file's full path, for messages."""
+    if unit.kind == "jsonl":
+        return f"{unit.path}:{_line_base(unit) + key + 1}"
+    if unit.kind == "parquet":
+        return f"{unit.path}#{unit.first_row + key}"
+    if unit.kind == "python-docs":
+        return f"{unit.path}:{key}" if key else unit.path
+    if unit.kind == "python-topics" and name:
+        return f"{unit.path} ({name})"
+    return unit.path
+
+
+def _line_base(unit: Unit) -> int:
+    """Lines before a JSONL byte range (only computed for messages, which are rare)."""
+    if unit.start == 0:
+        return 0
+    count = 0
+    with open(unit.path, "rb") as f:
+        left = unit.start
+        while left > 0:
+            block = f.read(min(left, 1 << 24))
+            if not block:
+                break
+            count += block.count(b"\n")
+            left -= len(block)
+    return count
+
+
+def _drop(unit: Unit, key: int, reason: str, what: str, name: str | None = None) -> Record:
+    return Record(key, name, None, reason, f"{where(unit, key, name)}: {what}")
+
+
+def _open_jsonl(unit: Unit):
+    name = unit.path.lower()
+    if name.endswith(".gz"):
+        return gzip.open(unit.path, "rb")
+    if name.endswith((".zst", ".zstd")):
+        try:
+            import zstandard
+        except ImportError:
+            raise UserError(f"{unit.path}: reading .zst needs the zstandard package (pip install zstandard)") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(unit.path, "rb"), closefd=True))
+    return open(unit.path, "rb")
+
+
+def _read_jsonl(unit: Unit) -> Iterator[Record]:
+    field = unit.text_field
+    key = -1
+    try:
+        with _open_jsonl(unit) as f:
+            stop = unit.stop if unit.stop >= 0 else None
+            if unit.start:
+                f.seek(unit.start - 1)
+                f.readline()  # the rest of a line that started before the range
+            while True:
+                if stop is not None and f.tell() >= stop:
+                    break
+                line = f.readline()
+                if not line:
+                    break
+                key += 1
+                yield _jsonl_record(unit, key, line, field)
+    except Exception as e:  # corrupt or truncated compression (OSError, EOFError, zlib/zstd errors)
+        yield _drop(unit, key + 1, "unreadable", f"cannot read on ({type(e).__name__}: {e})")
+        return
+    if key < 0 and unit.start == 0:
+        yield _drop(unit, 0, "empty", "empty file")
+
+
+def _jsonl_record(unit: Unit, key: int, line: bytes, field: str) -> Record:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return _drop(unit, key, "decode_error", f"not UTF-8 ({e.reason} at byte {e.start})")
+    if key == 0 and unit.start == 0:
+        text = text.removeprefix("\ufeff")  # a byte-order mark opening the file
+    if not text.strip():
+        return _drop(unit, key, "empty", "empty line")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return _drop(unit, key, "invalid_json", f"invalid JSON ({e.msg}, column {e.colno})")
+    if not isinstance(obj, dict):
+        return _drop(unit, key, "missing_text", f"a JSON {type(obj).__name__}, not an object with {field!r}")
+    value = obj.get(field)
+    if not isinstance(value, str):
+        what = "no" if field not in obj else f"a {type(value).__name__} in"
+        return _drop(unit, key, "missing_text", f"{what} text field {field!r}" + ("" if field not in obj else ", not a string"))
+    return Record(key, None, value, None, "")
+
+
+def _read_parquet(unit: Unit) -> Iterator[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    field = unit.text_field
+    key = -1
+    try:
+        pf = pq.ParquetFile(unit.path)
+        if field not in pf.schema_arrow.names:
+            n = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start, unit.stop))
+            for key in range(n):
+                yield _drop(unit, key, "missing_text", f"no column {field!r}")
+            return
+        column_type = pf.schema_arrow.field(field).type
+        is_bytes = pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)
+        for batch in pf.iter_batches(batch_size=4096, row_groups=list(range(unit.start, unit.stop)), columns=[field]):
+            for value in batch.column(0).to_pylist():
+                key += 1
+                if is_bytes and value is not None:
+                    try:
+                        value = value.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        yield _drop(unit, key, "decode_error", f"not UTF-8 ({e.reason} at byte {e.start})")
+                        continue
+                if not isinstance(value, str):
+                    kind = "null" if value is None else f"{column_type}"
+                    yield _drop(unit, key, "missing_text", f"column {field!r} is {kind}, not a string")
+                    continue
+                yield Record(key, None, value, None, "")
+    except Exception as e:  # a corrupt page or file (pyarrow raises several kinds)
+        yield _drop(unit, key + 1, "unreadable", f"cannot read on ({type(e).__name__}: {e})")
+
+
+def _read_unreadable(unit: Unit) -> Iterator[Record]:
+    yield Record(0, None, None, "unreadable", f"{unit.path}: {unit.problem}")
+
+
+def _decode_file(unit: Unit) -> tuple[str | None, Record | None]:
+    try:
+        data = Path(unit.path).read_bytes()
+    except OSError as e:
+        return None, _drop(unit, 0, "unreadable", f"cannot read ({e.strerror})")
+    if not data:
+        return None, _drop(unit, 0, "empty", "empty file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, _drop(unit, 0, "decode_error", f"not UTF-8 ({e.reason} at byte {e.start})")
+    return text.removeprefix("\ufeff"), None
+
+
+def _read_file(unit: Unit) -> Iterator[Record]:
+    text, problem = _decode_file(unit)
+    yield problem if problem else Record(0, None, text, None, "")
+
+
+_DEFINITIONS = {ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef}
+_COMPOUND = {ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.Match}
+if hasattr(ast, "TryStar"):
+    _COMPOUND.add(ast.TryStar)
+
+
+def docstrings(tree: ast.Module, module: str) -> Iterator[tuple[str, int, str]]:
+    """(uri, line, docstring) of a module, its classes and functions, in source order.
+
+    Qualified names follow Python's `__qualname__` (`Class.method`, `func.<locals>.inner`);
+    definitions under `if`/`try`/`with`/loops count as where they are. A name seen again in the
+    same module gets `@2`, `@3`... so every uri stays unique.
+    """
+    seen: dict[str, int] = {}
+
+    def named(qual: str) -> str:
+        uri = f"python:{module}.{qual}" if qual else f"python:{module}"
+        n = seen.get(uri, 0) + 1
+        seen[uri] = n
+        return uri if n == 1 else f"{uri}@{n}"
+
+    def walk(body: list, prefix: str) -> Iterator[tuple[str, int, str]]:
+        for node in body:
+            kind = type(node)
+            if kind in _DEFINITIONS:
+                qual = prefix + node.name
+                doc = ast.get_docstring(node, clean=True)
+                if doc is not None:
+                    yield named(qual), node.body[0].lineno, doc
+                yield from walk(node.body, qual + ("." if kind is ast.ClassDef else ".<locals>."))
+            elif kind in _COMPOUND:
+                for attr in ("body", "orelse", "finalbody"):
+                    sub = getattr(node, attr, None)
+                    if sub:
+                        yield from walk(sub, prefix)
+                for handler in getattr(node, "handlers", ()):
+                    yield from walk(handler.body, prefix)
+                for case in getattr(node, "cases", ()):
+                    yield from walk(case.body, prefix)
+
+    doc = ast.get_docstring(tree, clean=True)
+    if doc is not None:
+        yield named(""), tree.body[0].lineno, doc
+    yield from walk(tree.body, "")
+
+
+def _parse(unit: Unit) -> tuple[ast.Module | None, Record | None]:
+    text, problem = _decode_file(unit)
+    if problem:
+        return None, problem
+    try:
+        return ast.parse(text, filename=unit.path), None
+    except (SyntaxError, ValueError) as e:
+        return None, _drop(unit, getattr(e, "lineno", 0) or 0, "syntax_error", f"ast cannot parse it ({e.__class__.__name__})")
+
+
+def _read_docstrings(unit: Unit) -> Iterator[Record]:
+    tree, problem = _parse(unit)
+    if problem:
+        if problem.reason != "empty":  # an empty module simply has no docstrings
+            yield problem
+        return
+    for uri, line, doc in docstrings(tree, unit.module):
+        yield Record(line, uri, doc, None, "")
+
+
+def topics(tree: ast.Module) -> dict[str, str]:
+    """The `topics` dict of pydoc_data/topics.py, read with ast.literal_eval (never imported)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "topics" for t in node.targets):
+            value = ast.literal_eval(node.value)
+            if isinstance(value, dict):
+                return {str(k): v for k, v in value.items() if isinstance(v, str)}
+    return {}
+
+
+def _read_topics(unit: Unit) -> Iterator[Record]:
+    tree, problem = _parse(unit)
+    if problem:
+        yield problem
+        return
+    for i, (name, text) in enumerate(sorted(topics(tree).items())):
+        yield Record(i, f"python:pydoc_data.topics#{name}", text, None, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# uris and finding a document again
+
+
+def uri_of(unit: Unit, key: int, name: str | None, line_base: int = 0) -> str:
+    """The SPEC 2 uri of a record; `line_base` is the lines before a JSONL byte range."""
+    if name is not None:
+        return name
+    if unit.kind == "jsonl":
+        return f"{unit.rel}:{line_base + key + 1}"
+    if unit.kind == "parquet":
+        return f"{unit.rel}#{unit.first_row + key}"
+    return unit.rel
+
+
+def read_by_uri(source: dict, uri: str) -> str:
+    """Re-read one document from its source by uri and clean it as prepare did.
+
+    `source` is a manifest source entry (it records `kind`, `builtin`, `root`, `text_field`).
+    Raises UserError when the uri does not name a document.
+    """
+    root = Path(source["root"])
+    field = source.get("text_field", "text")
+    if uri.startswith("python:"):
+        return clean(_python_by_uri(root, uri))
+    kind = source["kind"]
+    if kind == "jsonl":
+        rel, _, line = uri.rpartition(":")
+        unit = Unit(0, 0, "jsonl", str(root / rel), rel, 0, text_field=field)
+        target = int(line) - 1
+        with _open_jsonl(unit) as f:
+            for i, raw in enumerate(f):
+                if i == target:
+                    rec = _jsonl_record(unit, i, raw, field)
+                    if rec.text is None:
+                        raise UserError(rec.message)
+                    return clean(rec.text)
+        raise UserError(f"{uri}: the file has fewer lines")
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        rel, _, row = uri.rpartition("#")
+        table = pq.read_table(root / rel, columns=[field])
+        value = table.column(0)[int(row)].as_py()
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        return clean(value)
+    unit = Unit(0, 0, "file", str(root / uri), uri, 0)
+    text, problem = _decode_file(unit)
+    if problem:
+        raise UserError(problem.message)
+    return clean(text)
+
+
+def _python_by_uri(root: Path, uri: str) -> str:
+    body = uri[len("python:"):]
+    if body.startswith("pydoc_data.topics#"):
+        tree = ast.parse((root / TOPICS_FILE).read_text(encoding="utf-8"))
+        name = body.split("#", 1)[1]
+        found = topics(tree)
+        if name not in found:
+            raise UserError(f"{uri}: no such topic in {root / TOPICS_FILE}")
+        return found[name]
+    parts = body.split(".")
+    for cut in range(len(parts), 0, -1):
+        module = ".".join(parts[:cut])
+        rel = module.replace(".", "/")
+        for candidate in (root / f"{rel}.py", root / rel / "__init__.py"):
+            if candidate.is_file():
+                tree = ast.parse(candidate.read_text(encoding="utf-8-sig"))
+                for found, _, doc in docstrings(tree, module):
+                    if found == uri:
+                        return doc
+    raise UserError(f"{uri}: no such docstring in the standard library at {root}")

@@ -1,0 +1,296 @@
+"""Reading a prepared run's data: what the trainer, evaluation, analysis and release use.
+
+    data = RunData("runs/demo")
+    rows = data.rows_at(step, rank, world)      # (B/W, seq_len + 1) int64, the step rule (SPEC 4)
+    x, y = rows[:, :-1], rows[:, 1:]
+    batch_at(data, step)                        # the same rows with their documents and text
+
+Everything is read from RUN/data/manifest.json and the files it lists; nothing here writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from llm360.errors import UserError
+from llm360.utils import sha256_file
+
+FORMAT = "llm360-data/1"
+
+
+def compute_fingerprint(manifest: dict) -> str:
+    """The data fingerprint (SPEC 3): sha256, as hex, of the UTF-8 bytes of
+
+        json.dumps([tokenizer_sha256, seq_len, global_batch_rows, steps_per_chunk,
+                    [chunk_000_sha256, chunk_001_sha256, ...]], separators=(",", ":"))
+
+    e.g. `["9f86...",128,16,16,["3a7b...","c01d..."]]`, hashes as lowercase hex strings.
+    """
+    body = [
+        manifest["tokenizer"]["sha256"],
+        int(manifest["seq_len"]),
+        int(manifest["global_batch_rows"]),
+        int(manifest["steps_per_chunk"]),
+        [c["sha256"] for c in sorted(manifest["chunks"], key=lambda c: c["index"])],
+    ]
+    return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+class RunData:
+    """The prepared data of a run directory (RUN/data), by the manifest."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.data_dir = self.run_dir / "data"
+        path = self.data_dir / "manifest.json"
+        if not path.exists():
+            raise UserError(f"{self.run_dir} has no prepared data ({path} is missing); run `llm360 prepare CONFIG --out {self.run_dir}` first")
+        try:
+            self.manifest: dict = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        m = self.manifest
+        if m.get("format") != FORMAT:
+            raise UserError(f"{path}: format {m.get('format')!r}, this llm360 reads {FORMAT!r}")
+        self.seq_len: int = int(m["seq_len"])
+        self.row_tokens: int = int(m["row_tokens"])
+        self.global_batch_rows: int = int(m["global_batch_rows"])
+        self.steps_per_chunk: int = int(m["steps_per_chunk"])
+        self.rows_per_chunk: int = int(m["rows_per_chunk"])
+        self.n_chunks: int = len(m["chunks"])
+        self.total_steps: int = self.n_chunks * self.steps_per_chunk
+        self.fingerprint: str = m["fingerprint"]
+        self.eos_id: int = int(m["tokenizer"]["eos_id"])
+        self.vocab_size: int = int(m["tokenizer"]["vocab_size"])
+        self.dtype = np.dtype(m["dtype"])
+        self.tokenizer_dir: Path = self.data_dir / "tokenizer"
+        self.source_names: list[str] = [s["name"] for s in m["sources"]]
+        self._chunks: dict[int, np.ndarray] = {}
+        self._spans: dict[int, object] = {}
+        self._tokenizer = None
+
+    def __repr__(self) -> str:
+        return (f"RunData({str(self.run_dir)!r}: {self.n_chunks} chunks x {self.rows_per_chunk} rows x "
+                f"{self.row_tokens} tokens, {self.total_steps} steps, fingerprint {self.fingerprint[:12]})")
+
+    # -- tokenizer
+
+    def tokenizer(self):
+        """The run's tokenizer (tokenizers.Tokenizer)."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
+        return self._tokenizer
+
+    def decode(self, ids) -> str:
+        return self.tokenizer().decode([int(i) for i in ids], skip_special_tokens=False)
+
+    # -- chunks and the step rule
+
+    def _check_chunk(self, c: int) -> dict:
+        if not 0 <= c < self.n_chunks:
+            raise UserError(f"chunk {c} does not exist: {self.run_dir} has chunks 0..{self.n_chunks - 1}")
+        return self.manifest["chunks"][c]
+
+    def chunk(self, c: int) -> np.ndarray:
+        """Chunk c as a read-only memmap, shape (rows_per_chunk, seq_len + 1), in training order."""
+        arr = self._chunks.get(c)
+        if arr is None:
+            entry = self._check_chunk(c)
+            path = self.data_dir / entry["file"]
+            if not path.exists():
+                raise UserError(f"{path} is missing (listed in the manifest as chunk {c})")
+            arr = self._chunks[c] = np.load(path, mmap_mode="r")
+        return arr
+
+    def step_location(self, step: int) -> tuple[int, int]:
+        """(chunk, first row) of global step `step`: c = step // steps_per_chunk, row j * B."""
+        if not 0 <= step < self.total_steps:
+            raise UserError(f"step {step} is outside the run: steps are 0..{self.total_steps - 1}")
+        c, j = divmod(int(step), self.steps_per_chunk)
+        return c, j * self.global_batch_rows
+
+    def rows_at(self, step: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """The rows rank `rank` of `world` trains on at global step `step` (SPEC 4), int64.
+
+        Rank r gets rows [j*B + r*B/W, j*B + (r+1)*B/W) of chunk step // steps_per_chunk, so the
+        ranks' slices, concatenated in rank order, are the global batch.
+        """
+        B = self.global_batch_rows
+        if world < 1 or B % world:
+            raise UserError(f"global_batch_rows {B} is not divisible by the world size {world}")
+        if not 0 <= rank < world:
+            raise UserError(f"rank {rank} is outside world size {world}")
+        c, first = self.step_location(step)
+        per = B // world
+        start = first + rank * per
+        return np.asarray(self.chunk(c)[start : start + per], dtype=np.int64)
+
+    def stage_of_chunk(self, c: int) -> dict:
+        self._check_chunk(c)
+        for stage in self.manifest["stages"]:
+            if stage["first_chunk"] <= c < stage["first_chunk"] + stage["chunks"]:
+                return stage
+        raise UserError(f"chunk {c} belongs to no stage in the manifest")
+
+    # -- held-out rows
+
+    @property
+    def heldout_sources(self) -> list[str]:
+        return [h["source"] for h in self.manifest["heldout"] if h["rows"] > 0]
+
+    def _heldout_entry(self, source: str) -> dict:
+        for h in self.manifest["heldout"]:
+            if h["source"] == source:
+                return h
+        raise UserError(f"no held-out rows for source {source!r}; sources: {', '.join(self.source_names)}")
+
+    def heldout(self, source: str) -> np.ndarray:
+        """Held-out rows of `source`, shape (heldout_rows, seq_len + 1); never in any chunk."""
+        entry = self._heldout_entry(source)
+        path = self.data_dir / entry["file"]
+        return np.load(path, mmap_mode="r") if entry["rows"] else np.load(path)
+
+    def heldout_spans(self, source: str):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.data_dir / self._heldout_entry(source)["spans_file"])
+
+    # -- provenance
+
+    def spans(self, c: int):
+        """Provenance of chunk c (pyarrow.Table): row, offset, length, doc_id, doc_token_offset, source."""
+        table = self._spans.get(c)
+        if table is None:
+            import pyarrow.parquet as pq
+
+            entry = self._check_chunk(c)
+            table = pq.read_table(self.data_dir / entry["spans_file"])
+            if len(self._spans) >= 4:
+                self._spans.pop(next(iter(self._spans)))
+            self._spans[c] = table
+        return table
+
+    def row_sources(self, c: int) -> list[str]:
+        """The source of every row of chunk c (a row never mixes sources)."""
+        spans = self.spans(c)
+        rows = spans.column("row").to_numpy()
+        _, first = np.unique(rows, return_index=True)
+        return spans.column("source").take(first).to_pylist()
+
+    @cached_property
+    def _documents(self):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.data_dir / self.manifest["documents"]["file"])
+
+    def documents(self):
+        """documents.parquet (pyarrow.Table): doc_id, source, uri, sha256, n_tokens, n_chars, stream_offset."""
+        return self._documents
+
+    def document(self, doc_id: int) -> dict:
+        docs = self._documents
+        if not 0 <= doc_id < docs.num_rows:
+            raise UserError(f"doc_id {doc_id} does not exist (0..{docs.num_rows - 1})")
+        return {k: v[0] for k, v in docs.slice(doc_id, 1).to_pydict().items()}
+
+    def document_text(self, doc_id: int) -> str:
+        """Read document `doc_id` again from its source by its uri (cleaned as prepare did)."""
+        from llm360.data.sources import read_by_uri
+
+        doc = self.document(doc_id)
+        source = next(s for s in self.manifest["sources"] if s["name"] == doc["source"])
+        return read_by_uri(source, doc["uri"])
+
+    # -- checks
+
+    def verify_chunks(self, chunks=None) -> list[str]:
+        """Problems with the chunk files (and their spans) against the manifest; [] when all match."""
+        problems = []
+        indices = range(self.n_chunks) if chunks is None else chunks
+        for c in indices:
+            entry = self._check_chunk(int(c))
+            for key, sha_key in (("file", "sha256"), ("spans_file", "spans_sha256")):
+                rel = f"data/{entry[key]}"
+                path = self.data_dir / entry[key]
+                if not path.exists():
+                    problems.append(f"{rel}: missing")
+                elif sha256_file(path) != entry[sha_key]:
+                    problems.append(f"{rel}: sha256 differs from the manifest")
+            path = self.data_dir / entry["file"]
+            if path.exists() and not any(p.startswith(f"data/{entry['file']}") for p in problems):
+                shape = np.load(path, mmap_mode="r").shape
+                if shape != (self.rows_per_chunk, self.row_tokens):
+                    problems.append(f"data/{entry['file']}: shape {shape}, expected {(self.rows_per_chunk, self.row_tokens)}")
+        return problems
+
+
+def batch_at(run: str | Path | RunData, step: int) -> list[dict]:
+    """The rows of global step `step`, with provenance: one dict per row, in batch order.
+
+    Keys: step, chunk, row (index in the chunk), source, tokens (list of ints), spans (list of
+    {doc_id, uri, source, offset, length, doc_token_offset}) and text (decoded, EOS shown).
+    """
+    data = run if isinstance(run, RunData) else RunData(run)
+    c, first = data.step_location(step)
+    rows = data.rows_at(step)
+    spans = data.spans(c)
+    row_col = spans.column("row").to_numpy()
+    lo, hi = np.searchsorted(row_col, [first, first + data.global_batch_rows])
+    part = spans.slice(int(lo), int(hi - lo)).to_pydict()
+    doc_ids = sorted(set(part["doc_id"]))
+    docs = data.documents()
+    uris = dict(zip(doc_ids, docs.column("uri").take(doc_ids).to_pylist())) if doc_ids else {}
+    out = []
+    by_row: dict[int, list[dict]] = {}
+    for i in range(len(part["row"])):
+        by_row.setdefault(part["row"][i], []).append({
+            "doc_id": part["doc_id"][i], "uri": uris[part["doc_id"][i]], "source": part["source"][i],
+            "offset": part["offset"][i], "length": part["length"][i], "doc_token_offset": part["doc_token_offset"][i],
+        })
+    for k, tokens in enumerate(rows):
+        r = first + k
+        row_spans = by_row.get(r, [])
+        out.append({
+            "step": int(step), "chunk": c, "row": r,
+            "source": row_spans[0]["source"] if row_spans else None,
+            "tokens": tokens.tolist(), "spans": row_spans, "text": data.decode(tokens),
+        })
+    return out
+
+
+def token_bytes(tokenizer, ids) -> bytes:
+    """The exact bytes of token ids (byte-level BPE), so slices that cut a character still compare.
+
+    Falls back to decoding for tokenizers that are not byte-level.
+    """
+    table = _byte_decoder()
+    out = bytearray()
+    for i in ids:
+        piece = tokenizer.id_to_token(int(i))
+        if piece is None:
+            continue
+        try:
+            out += bytes(table[ch] for ch in piece)
+        except KeyError:
+            out += tokenizer.decode([int(i)], skip_special_tokens=False).encode("utf-8")
+    return bytes(out)
+
+
+def _byte_decoder() -> dict[str, int]:
+    # GPT-2's byte <-> printable character map, as the ByteLevel pre-tokenizer uses
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
