@@ -1,0 +1,328 @@
+"""A LLaMA in plain PyTorch, the one model every stage of llm360 uses.
+
+Architecture as LLaMA / LLM360 Amber: pre-norm blocks with RMSNorm, rotary position embeddings,
+grouped-query attention and a SwiGLU MLP; input and output embeddings tied or not. Rotary
+embeddings use the "rotate half" layout of Hugging Face's Llama, so weights move to and from
+transformers without permuting q/k (see `llm360.model.hf` for the name mapping).
+
+Nothing here knows about parallelism, compilation or activation checkpointing: those are applied
+from outside (`self.layers` is a ModuleList of blocks that can each be wrapped).
+
+Build big models without allocating twice:
+
+    with torch.device("meta"):
+        model = Llama(args)
+    model.to_empty(device="cuda")
+    model.init_weights(seed=1234)
+
+Initialization (`init_weights`): every weight ~ N(0, init_std) (0.02 by default), except the
+output projections of attention (wo) and of the MLP (w2), which get init_std / sqrt(2 * n_layers)
+so the residual stream does not grow with depth (GPT-2 / OLMo); norm weights are 1. The numbers
+are drawn on the CPU from one torch.Generator seeded with `seed`, parameter by parameter in
+`named_parameters()` order, then copied to the parameter's device, so the same seed gives the
+same weights whatever device or construction path was used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llm360.errors import UserError
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    max_seq_len: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise UserError(f"model dim {self.dim} is not divisible by n_heads {self.n_heads}.")
+        if self.n_heads % self.n_kv_heads:
+            raise UserError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}.")
+        if self.head_dim % 2:
+            raise UserError(f"head_dim {self.head_dim} must be even for rotary embeddings.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+PRESETS: dict[str, ModelArgs] = {
+    # every code path in seconds on a CPU; vocab_size is replaced by the tokenizer's
+    "tiny": ModelArgs(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=192,
+                      max_seq_len=256, tie_embeddings=True),
+    # the default run: learns something real in a few minutes on 2 CPU cores in fp32
+    "demo": ModelArgs(vocab_size=4096, dim=256, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=688,
+                      max_seq_len=512, tie_embeddings=True),
+    # the 1.1B LLaMA of the throughput baselines (TinyLlama shape)
+    "1b": ModelArgs(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632,
+                    max_seq_len=2048),
+    # LLM360 Amber = LLaMA-7B: 6,738,415,616 parameters
+    "amber-7b": ModelArgs(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                          ffn_dim=11008, max_seq_len=2048, norm_eps=1e-6),
+}
+
+
+def model_args(preset: str, **overrides) -> ModelArgs:
+    """The named preset with some fields replaced, e.g. model_args("tiny", vocab_size=300)."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown model preset {preset!r}; known presets: {', '.join(PRESETS)}.")
+    known = {f.name for f in fields(ModelArgs)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise UserError(f"unknown model field {bad[0]!r}; fields are: {', '.join(sorted(known))}.")
+    return replace(PRESETS[preset], **overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalize in fp32 even under bf16 autocast, cast back before the weight (as HF Llama)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.type_as(x)
+
+
+def rope_tables(args: ModelArgs, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin for every position, each (max_seq_len, head_dim), computed in fp32.
+
+    "Rotate half" layout (as HF Llama): dimension i pairs with i + head_dim/2. The sin table
+    carries the sign of the rotation, -sin for the first half, so that rotating is
+    x * cos + roll(x, head_dim/2) * sin: the same products as HF's x * cos + rotate_half(x) * sin,
+    in fewer ops.
+    """
+    hs = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.int64, device=device).float() / hs))
+    pos = torch.arange(args.max_seq_len, dtype=torch.int64, device=device).float()
+    freqs = pos[:, None] * inv_freq[None, :]  # (S, hs/2)
+    return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x (B, T, nh, hs); cos, sin (B or 1, T, 1, hs)
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
+
+
+class KVCache:
+    """A static key/value cache (gpt-fast style): preallocated for `batch_size` rows and
+    `max_len` positions, written in place. Make one with `Llama.new_cache`."""
+
+    def __init__(self, args: ModelArgs, batch_size: int, max_len: int, device, dtype: torch.dtype):
+        shape = (batch_size, args.n_kv_heads, max_len, args.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.max_len = max_len
+
+    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nkv, T, hs) at positions start_pos.. and return all keys/values so far."""
+        B, _, T, _ = k.shape
+        end = start_pos + T
+        self.k[layer][:B, :, start_pos:end] = k
+        self.v[layer][:B, :, start_pos:end] = v
+        return self.k[layer][:B, :, :end], self.v[layer][:B, :, :end]  # (B, nkv, end, hs)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, start_pos: int = 0):
+        B, T, _ = x.shape
+        nh, nkv, hs = self.n_heads, self.n_kv_heads, self.head_dim
+        q = apply_rope(self.wq(x).view(B, T, nh, hs), cos, sin).transpose(1, 2)  # (B, nh, T, hs)
+        k = apply_rope(self.wk(x).view(B, T, nkv, hs), cos, sin).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.wv(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer_id, start_pos, k, v)  # (B, nkv, S, hs)
+        # is_causal is only right when queries and keys start at the same position; anything
+        # else (cached decoding, padding) comes with an explicit mask or needs none (T == 1)
+        is_causal = mask is None and T > 1 and start_pos == 0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           enable_gqa=nkv != nh)  # (B, nh, T, hs)
+        return self.wo(y.transpose(1, 2).reshape(B, T, nh * hs))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.ffn_dim, bias=False)  # gate
+        self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False)  # down
+        self.w3 = nn.Linear(args.dim, args.ffn_dim, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args, layer_id)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, start_pos: int = 0):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, start_pos)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+
+
+class Llama(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        # tied: the logits use tok_embeddings.weight directly, so there is no second parameter
+        # that to_empty / FSDP / load_state_dict could silently untie
+        self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+        cos, sin = rope_tables(args)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def init_rope(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the fp32 rotary tables, after to_empty (which leaves them garbage) or on
+        another device."""
+        self.rope_cos, self.rope_sin = rope_tables(self.args, device=device or self.rope_cos.device)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Seeded initialization, the same on any device (see the module docstring)."""
+        self.init_rope()
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        out_std = self.args.init_std / math.sqrt(2 * self.args.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+                continue
+            std = out_std if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else self.args.init_std
+            values = torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
+            _copy_into(p, values)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        p = self.tok_embeddings.weight
+        return KVCache(self.args, batch_size, max_len or self.args.max_seq_len, p.device, p.dtype)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) in fp32 for tokens (B, T).
+
+        cache, start_pos: decode with a KVCache; tokens sit at cache positions start_pos..+T.
+        positions: (B, T) rotary positions when they differ from the cache positions (left-padded
+            rows: a row's first real token is position 0).
+        key_mask: (B, start_pos + T) bool, False for padding that no token may attend to.
+        last_only: return only the last position's logits (B, 1, V), all generation needs.
+        Training and right-padded scoring need none of these: attention is causal.
+        """
+        B, T = tokens.shape
+        if start_pos + T > self.args.max_seq_len:
+            raise UserError(f"sequence of {start_pos + T} tokens exceeds the model context of {self.args.max_seq_len}.")
+        if positions is None:
+            cos = self.rope_cos[start_pos:start_pos + T][None, :, None]  # (1, T, 1, hs)
+            sin = self.rope_sin[start_pos:start_pos + T][None, :, None]
+        else:
+            cos = self.rope_cos[positions][:, :, None]  # (B, T, 1, hs)
+            sin = self.rope_sin[positions][:, :, None]
+        mask = None
+        if key_mask is not None or (start_pos > 0 and T > 1):
+            mask = attention_mask(B, T, start_pos, key_mask, tokens.device)  # (B, 1, T, S)
+        h = self.tok_embeddings(tokens)  # (B, T, D)
+        cos, sin = cos.to(h.dtype), sin.to(h.dtype)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, cache, start_pos)
+        if last_only:
+            h = h[:, -1:]
+        h = self.norm(h)
+        logits = self.output(h) if self.output is not None else F.linear(h, self.tok_embeddings.weight)
+        return logits.float()  # (B, T, V)
+
+
+def attention_mask(B: int, T: int, start_pos: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Bool (B, 1, T, S) mask, True = may attend: causal from start_pos, padding keys hidden."""
+    S = start_pos + T
+    q_pos = torch.arange(start_pos, S, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+    mask = (k_pos <= q_pos)[None].expand(B, T, S)  # (B, T, S)
+    if key_mask is not None:
+        # a padding query still sees itself: a fully masked row would make SDPA return NaN,
+        # and NaN * 0 leaks into real rows through the next layer's attention
+        mask = mask & (key_mask[:, None, :S] | (k_pos == q_pos)[None])
+    return mask[:, None]
+
+
+def _copy_into(p: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a full CPU tensor into a parameter, plain or sharded (DTensor, as FSDP2 makes)."""
+    if hasattr(p, "device_mesh"):  # a DTensor: each rank keeps its own shard of the same draw
+        from torch.distributed.tensor import distribute_tensor
+        full = distribute_tensor(full.to(p.device_mesh.device_type), p.device_mesh, p.placements, src_data_rank=None)
+        p.to_local().copy_(full.to_local())
+    else:
+        p.copy_(full)
+
+
+# --------------------------------------------------------------------------------------------
+# counting
+
+
+def num_params(model_or_args: Llama | ModelArgs, exclude_embedding: bool = False) -> int:
+    """Parameter count; exclude_embedding drops the input embedding (not a tied output head)."""
+    a = model_or_args.args if isinstance(model_or_args, Llama) else model_or_args
+    per_layer = (
+        a.dim * a.n_heads * a.head_dim * 2  # wq, wo
+        + a.dim * a.n_kv_heads * a.head_dim * 2  # wk, wv
+        + a.dim * a.ffn_dim * 3  # w1, w2, w3
+        + a.dim * 2  # norms
+    )
+    embedding = a.vocab_size * a.dim
+    n = embedding + a.n_layers * per_layer + a.dim + (0 if a.tie_embeddings else embedding)
+    if exclude_embedding and not a.tie_embeddings:
+        n -= embedding
+    return n
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> int:
+    """Training FLOPs per token, 6 * N + 12 * L * H * Q * T (PaLM appendix B), N without the
+    input embedding (a tied head still does its matmul, so it stays in N)."""
+    n = num_params(args, exclude_embedding=True)
+    return 6 * n + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
