@@ -1,0 +1,126 @@
+"""Training records (SPEC.md section 5): train.jsonl, events.jsonl, TensorBoard, env.json.
+
+Only rank 0 writes. Each line is flushed and fsynced as it is written, so a crash loses at most
+the line in flight, and a resumed run first cuts train.jsonl back to the checkpoint it resumes
+from, so every step appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import llm360
+from llm360.utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+
+class Records:
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.dir = Path(run_dir) / "metrics"
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.dir / "tb"))
+            except ImportError:  # tensorboard is an extra; the JSONL files are the record
+                self.tb = None
+
+    def event(self, kind: str, step: int, **details) -> dict:
+        record = {"time": time.time(), "step": step, "kind": kind, **details}
+        if self.enabled:
+            append_jsonl(self.dir / "events.jsonl", record)
+            if self.tb is not None:
+                self.tb.add_text(f"events/{kind}", json.dumps(details), step)
+        return record
+
+    def step(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        append_jsonl(self.dir / "train.jsonl", record)
+        if self.tb is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+                value = record.get(key)
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+
+    def truncate_steps(self, first_step: int) -> None:
+        """Drop train.jsonl lines of steps >= first_step (they are about to be trained again)."""
+        if not self.enabled:
+            return
+        path = self.dir / "train.jsonl"
+        if not path.exists():
+            return
+        kept = [r for r in read_jsonl(path) if r["step"] < first_step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def git_commit() -> str | None:
+    root = Path(llm360.__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(world_size: int, device: torch.device) -> dict:
+    env = {
+        "llm360": llm360.__version__,
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "world_size": world_size,
+        "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+def write_env(run_dir: Path, env: dict) -> None:
+    """env.json holds the first start; later starts are appended under `restarts`."""
+    path = Path(run_dir) / "env.json"
+    if path.exists():
+        first = json.loads(path.read_text())
+        first.setdefault("restarts", []).append(env)
+        atomic_write_json(path, first)
+    else:
+        atomic_write_json(path, env)
+
+
+# peak dense bf16 FLOP/s of known accelerators, for MFU (ANCHORS.md)
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_FLOPS.items():
+        if key in name:
+            return value
+    return None

@@ -1,0 +1,449 @@
+"""The trainer: the step rule, a checkpoint per chunk, exact resume, and the spike guard.
+
+Global step t trains on the rows that `RunData.rows_at(t)` names (SPEC.md section 4), whatever
+the number of processes or micro-batches; `ckpt_c` is written after the last step of chunk c.
+The loop itself is short: everything else (checkpoints, records, spike guard, evaluation)
+hangs off it as named pieces.
+
+    llm360 train RUN                       # resumes from the newest valid checkpoint
+    torchrun --nproc-per-node 8 -m llm360.cli train RUN --train.strategy=fsdp
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from llm360.config import ModelConfig, RunConfig, TrainConfig, load_run_config, save_config, validate
+from llm360.data.store import RunData, compute_fingerprint
+from llm360.errors import UserError
+from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args
+from llm360.train import checkpoint as ckpt
+from llm360.train.parallel import (
+    DistInfo,
+    autocast,
+    gradient_sync,
+    init_distributed,
+    parallelize,
+    resolve_precision,
+    resolve_strategy,
+    unwrap,
+)
+from llm360.train.records import Records, environment, peak_flops, write_env
+from llm360.train.schedule import lr_at
+from llm360.train.spike import SpikeGuard
+
+
+class StopTraining(Exception):
+    """The spike guard's `stop` action (or too many rollbacks): training ends with a record."""
+
+
+def build_model_args(model_cfg: ModelConfig, vocab_size: int, seq_len: int) -> ModelArgs:
+    overrides = model_cfg.overrides()
+    overrides.setdefault("vocab_size", vocab_size)
+    args = model_args(model_cfg.preset, **overrides)
+    if seq_len > args.max_seq_len:
+        raise UserError(f"data.seq_len ({seq_len}) is beyond the model's context model.max_seq_len "
+                        f"({args.max_seq_len}, preset {model_cfg.preset!r})")
+    if args.vocab_size < vocab_size:
+        raise UserError(f"model.vocab_size ({args.vocab_size}) is smaller than the tokenizer's ({vocab_size})")
+    return args
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Weight decay on all parameters except those whose name contains a `no_decay` pattern."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if any(pat in name for pat in cfg.no_decay) else decay).append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Progress:
+    """What a checkpoint must carry to continue exactly (besides weights and optimizer)."""
+    steps_done: int = 0
+    tokens: int = 0
+    skipped_steps: list[int] = field(default_factory=list)
+    rollbacks: int = 0
+
+
+class Trainer:
+    def __init__(self, run_dir: Path, train: TrainConfig, model: ModelConfig, seed: int,
+                 on_checkpoint: Callable[[str, int], None] | None = None, console=None, replay: bool = False):
+        self.run_dir = Path(run_dir)
+        self.cfg = train
+        self.seed = seed
+        self.on_checkpoint = on_checkpoint
+        self.data = RunData(self.run_dir)
+        self.dist = init_distributed(train.device)
+        self.strategy = resolve_strategy(train.strategy, self.dist.world)
+        self.precision = resolve_precision(train.precision, self.dist.device)
+        self._check_shapes()
+        self.args = build_model_args(model, self.data.vocab_size, self.data.seq_len)
+        self.replaying = replay  # retrain without writing anything into the run
+        self.records = Records(self.run_dir, enabled=self.dist.is_main and not replay)
+        self.console = console
+        self.guard = SpikeGuard(train.spike.zscore, train.spike.window)
+        self.progress = Progress()
+        self.flops_per_token = flops_per_token(self.args, self.data.seq_len)
+        self.peak = peak_flops(self.dist.device)
+        self.verified_chunks: set[int] = set()
+        self.rewarms = [(s["first_chunk"] * self.data.steps_per_chunk, s.get("rewarm_steps", 0))
+                        for s in self.data.manifest["stages"]]
+        if train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _check_shapes(self) -> None:
+        cfg, data, world = self.cfg, self.data, self.dist.world
+        if cfg.global_batch_rows != data.global_batch_rows:
+            raise UserError(f"train.global_batch_rows ({cfg.global_batch_rows}) differs from the prepared "
+                            f"data's ({data.global_batch_rows}); chunks are cut for the latter: prepare again")
+        if cfg.steps_per_chunk != data.steps_per_chunk:
+            raise UserError(f"train.steps_per_chunk ({cfg.steps_per_chunk}) differs from the prepared "
+                            f"data's ({data.steps_per_chunk}); prepare again")
+        if cfg.global_batch_rows % (world * cfg.micro_batch_rows):
+            raise UserError(f"train.global_batch_rows ({cfg.global_batch_rows}) must be divisible by "
+                            f"world size ({world}) x train.micro_batch_rows ({cfg.micro_batch_rows})")
+        if compute_fingerprint(data.manifest) != data.fingerprint:
+            raise UserError(f"{self.run_dir}/data/manifest.json: the data fingerprint does not match the "
+                            "chunk hashes it lists; the manifest was changed")
+
+    def _build(self) -> None:
+        torch.manual_seed(self.seed)
+        # built empty: the weights always come from a checkpoint (`init` first of all); FSDP
+        # shards before allocating, the others allocate first (DDP cannot wrap meta tensors)
+        with torch.device("meta"):
+            model = Llama(self.args)
+        if self.strategy != "fsdp":
+            model.to_empty(device=self.dist.device)
+        model = parallelize(model, strategy=self.strategy, precision=self.precision, compile=self.cfg.compile,
+                            activation_checkpointing=self.cfg.activation_checkpointing, device=self.dist.device)
+        if self.strategy == "fsdp":
+            model.to_empty(device=self.dist.device)
+        unwrap(model).init_rope(self.dist.device)  # to_empty left the rotary tables garbage
+        self.model = model
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
+            fused=self.dist.device.type == "cuda" or None)
+
+    def _state(self) -> dict:
+        return {"steps_done": self.progress.steps_done, "tokens": self.progress.tokens,
+                "skipped_steps": sorted(self.progress.skipped_steps), "rollbacks": self.progress.rollbacks,
+                "spike": self.guard.state_dict(), "fingerprint": self.data.fingerprint,
+                "world_size": self.dist.world, "seed": self.seed}
+
+    def _write_init(self) -> None:
+        """`checkpoints/init`: the seeded initial weights, written once from an unsharded model."""
+        if self.dist.is_main:
+            torch.manual_seed(self.seed)
+            model = Llama(self.args)
+            model.init_weights(self.seed)
+            ckpt.save_checkpoint(self.run_dir, "init", model, None, self._state(), self.args, self.data.tokenizer_dir,
+                                 collective=False)
+            del model
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _restore(self, info: ckpt.CheckpointInfo) -> None:
+        state = ckpt.load_checkpoint(info.path, self.model, self.optimizer if info.name != "init" else None)
+        if state.get("fingerprint") not in (None, self.data.fingerprint):
+            raise UserError(f"checkpoint {info.name} was trained on data with fingerprint {state['fingerprint'][:12]}, "
+                            f"but RUN/data has {self.data.fingerprint[:12]}: the data was changed")
+        self.progress = Progress(steps_done=info.steps_done, tokens=state.get("tokens", 0),
+                                 skipped_steps=list(state.get("skipped_steps", [])),
+                                 rollbacks=state.get("rollbacks", 0))
+        self.guard.load_state_dict(state.get("spike", {}))
+
+    def _newest_valid(self, before_step: int | None = None) -> ckpt.CheckpointInfo | None:
+        for info in reversed(ckpt.list_checkpoints(self.run_dir, self.data.steps_per_chunk)):
+            if before_step is not None and info.steps_done > before_step:
+                continue
+            found = ckpt.problems(info)
+            if not found:
+                return info
+            self._say(f"[yellow]warning:[/] checkpoint {info.name} is damaged ({found[0]}); skipping it")
+            self.records.event("corrupt_checkpoint", info.steps_done, checkpoint=info.name, problems=found[:10])
+        return None
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        total = self.data.total_steps
+        if self.dist.is_main:
+            for name in ckpt.clean_temporaries(self.run_dir):
+                self._say(f"removed an interrupted checkpoint write: {name}")
+            write_env(self.run_dir, environment(self.dist.world, self.dist.device))
+        if dist.is_initialized():
+            dist.barrier()
+        self._build()
+        start = self._newest_valid()
+        if start is None:
+            self._write_init()
+            start = self._newest_valid()
+        self._restore(start)
+        if self.progress.steps_done >= total:
+            self._say(f"training already finished: {total} steps, newest checkpoint {start.name}")
+            return {"finished": True, "steps": total, "resumed_from": start.name, "did_nothing": True}
+        kind = "start" if start.name == "init" else "resume"
+        self.records.event(kind, self.progress.steps_done, checkpoint=start.name, world_size=self.dist.world,
+                           strategy=self.strategy, precision=self.precision, fingerprint=self.data.fingerprint)
+        self.records.truncate_steps(self.progress.steps_done)
+        self._say(f"{kind} at step {self.progress.steps_done}/{total} from {start.name} "
+                  f"({self.dist.world} process(es), {self.strategy}, {self.precision}, {self.dist.device})")
+        try:
+            self._loop(total)
+        except StopTraining as e:
+            self.records.event("end", self.progress.steps_done, reason=str(e), finished=False)
+            self._say(f"[red]training stopped:[/] {e}")
+            return {"finished": False, "steps": self.progress.steps_done, "stopped": str(e)}
+        finally:
+            self.records.close()
+        self.records.event("end", total, finished=True, tokens=self.progress.tokens)
+        return {"finished": True, "steps": total, "resumed_from": start.name}
+
+    def replay(self, start: ckpt.CheckpointInfo, until_step: int, skipped_steps: list[int]) -> dict:
+        """Train from `start` to `until_step` exactly as recorded (skipping the batches the
+        original run skipped) and return the full weights; nothing is written."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        self._build()
+        self._restore(start)
+        self.progress.skipped_steps = sorted(set(self.progress.skipped_steps) | set(skipped_steps))
+        self._loop(until_step)
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _loop(self, total: int) -> None:
+        spc = self.data.steps_per_chunk
+        bar = self._progress_bar(total)
+        extra = set(self.cfg.extra_checkpoint_steps)
+        with bar:
+            task = bar.add_task("train", total=total, completed=self.progress.steps_done, loss=float("nan"), tps=0.0)
+            while self.progress.steps_done < total:
+                step = self.progress.steps_done
+                chunk = step // spc
+                if step % spc == 0:
+                    self._enter_chunk(chunk, step)
+                t0 = time.perf_counter()
+                if step in self.progress.skipped_steps:
+                    record = self._skipped_record(step)
+                else:
+                    record = self._train_step(step)
+                    if record is None:  # rolled back: continue from the restored step
+                        bar.update(task, completed=self.progress.steps_done)
+                        continue
+                self.progress.steps_done = step + 1
+                self.progress.tokens += self.data.global_batch_rows * self.data.seq_len
+                dt = time.perf_counter() - t0
+                record.update(tokens=self.progress.tokens, time=time.time(), step_time=dt)
+                if not record.get("skipped"):
+                    tps = self.data.global_batch_rows * self.data.seq_len / dt
+                    record.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak if self.peak else None)
+                self.records.step(record)
+                bar.update(task, completed=step + 1, loss=record.get("loss") or float("nan"),
+                           tps=record.get("tokens_per_s") or 0.0)
+                done = step + 1
+                if done % spc == 0:
+                    self._checkpoint(ckpt.chunk_checkpoint_name(done // spc - 1, self.data.n_chunks), done)
+                elif done in extra:
+                    self._checkpoint(ckpt.step_checkpoint_name(done), done)
+
+    def _enter_chunk(self, chunk: int, step: int) -> None:
+        if chunk not in self.verified_chunks:
+            found = self.data.verify_chunks([chunk])
+            if found:
+                raise UserError(f"data chunk {chunk} does not match the manifest ({'; '.join(found)}); "
+                                "it was changed after prepare: training refuses to go on")
+            self.verified_chunks.add(chunk)
+        stage = self.data.stage_of_chunk(chunk)
+        if stage["first_chunk"] == chunk:
+            self.records.event("stage_start", step, stage=stage["name"], chunk=chunk,
+                               rewarm_steps=stage.get("rewarm_steps", 0))
+
+    def _train_step(self, step: int) -> dict | None:
+        cfg, data, world = self.cfg, self.data, self.dist.world
+        lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                   total_steps=data.total_steps, rewarms=self.rewarms)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        rows = torch.from_numpy(data.rows_at(step, self.dist.rank, world))
+        rows = rows.to(self.dist.device, non_blocking=True)
+        n_targets = data.global_batch_rows * data.seq_len
+        micro = cfg.micro_batch_rows
+        n_micro = rows.shape[0] // micro
+        loss_sum = torch.zeros((), device=self.dist.device, dtype=torch.float32)
+        inject_nan = step in cfg.fault_injection.nan_at_steps
+        self.model.train()
+        for i in range(n_micro):
+            batch = rows[i * micro:(i + 1) * micro]
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            with gradient_sync(self.model, i == n_micro - 1), autocast(self.precision, self.dist.device):
+                logits = self.model(inputs)  # (micro, T, V)
+                ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+                if inject_nan:
+                    ce = ce * float("nan")
+                # DDP and FSDP average gradients over ranks, hence the factor `world`: the
+                # gradient is that of the mean loss over all targets of the global batch
+                (ce * (world / n_targets)).backward()
+            loss_sum += ce.detach()
+        if dist.is_initialized():
+            dist.all_reduce(loss_sum)
+        loss = (loss_sum / n_targets).item()
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        record = {"step": step, "chunk": step // data.steps_per_chunk, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+        verdict = self.guard.check(loss, grad_norm)
+        if verdict is not None and cfg.spike.action != "log":
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._bad_step(step, verdict, record)
+        if verdict is not None:
+            self.records.event(verdict[0], step, chunk=record["chunk"], reason=verdict[1], action="log")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.guard.accept(loss)
+        return record
+
+    # -- the spike guard's actions ------------------------------------------------------------
+
+    def _rows_of(self, step: int) -> dict:
+        chunk, first = self.data.step_location(step)
+        return {"step": step, "chunk": chunk, "rows": [first, first + self.data.global_batch_rows]}
+
+    def _bad_step(self, step: int, verdict: tuple[str, str], record: dict) -> dict | None:
+        kind, reason = verdict
+        action = self.cfg.spike.action
+        self.records.event(kind, step, chunk=record["chunk"], reason=reason, loss=record["loss"],
+                           grad_norm=record["grad_norm"], action=action)
+        self._say(f"[yellow]{kind} at step {step}:[/] {reason} -> {action}")
+        if action == "stop":
+            raise StopTraining(f"{kind} at step {step}: {reason}")
+        if action == "skip":
+            self.progress.skipped_steps.append(step)
+            self.records.event("skip_batch", step, reason=kind, skipped=[self._rows_of(step)])
+            return {**record, "skipped": True}
+        # rollback: back to the newest valid checkpoint before the spike, then skip its batches
+        if self.progress.rollbacks >= self.cfg.spike.max_rollbacks:
+            raise StopTraining(f"{kind} at step {step} after {self.progress.rollbacks} rollbacks "
+                               f"(train.spike.max_rollbacks)")
+        target = self._newest_valid(before_step=step)
+        if target is None:
+            raise StopTraining(f"{kind} at step {step}: no valid checkpoint to roll back to")
+        skipped = [s for s in range(step, min(step + self.cfg.spike.skip_batches, self.data.total_steps))]
+        memory = sorted(set(self.progress.skipped_steps) | set(skipped))
+        rollbacks = self.progress.rollbacks + 1
+        self._restore(target)
+        self.progress.skipped_steps = memory
+        self.progress.rollbacks = rollbacks
+        self.records.event("rollback", step, to_checkpoint=target.name, to_step=target.steps_done, reason=kind,
+                           skipped=[self._rows_of(s) for s in skipped])
+        self.records.event("skip_batch", step, reason=kind, skipped=[self._rows_of(s) for s in skipped])
+        self.records.truncate_steps(target.steps_done)
+        return None
+
+    def _skipped_record(self, step: int) -> dict:
+        lr = lr_at(step, lr=self.cfg.lr, min_lr=self.cfg.min_lr, warmup_steps=self.cfg.warmup_steps,
+                   total_steps=self.data.total_steps, rewarms=self.rewarms)
+        return {"step": step, "chunk": step // self.data.steps_per_chunk, "loss": None, "lr": lr,
+                "grad_norm": None, "skipped": True}
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _checkpoint(self, name: str, steps_done: int) -> None:
+        if self.replaying:
+            return
+        kill = name in self.cfg.fault_injection.kill_in_checkpoint
+        ckpt.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self._state(), self.args,
+                             self.data.tokenizer_dir, kill_during_write=kill)
+        self.records.event("checkpoint", steps_done - 1, checkpoint=name, steps_done=steps_done,
+                           tokens=self.progress.tokens)
+        if self.cfg.fault_injection.exit_after_steps and steps_done in self.cfg.fault_injection.exit_after_steps:
+            self.records.close()
+            os._exit(17)  # fault injection: the process dies right after this checkpoint
+        if self.on_checkpoint is not None and name.startswith("ckpt_") and self.dist.is_main:
+            self.on_checkpoint(name, steps_done)
+        if dist.is_initialized():
+            dist.barrier()
+
+    # -- output -------------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        if self.dist.is_main:
+            from rich.console import Console
+
+            (self.console or Console(stderr=True)).print(text)
+
+    def _progress_bar(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+            TimeRemainingColumn(), disable=not self.dist.is_main, transient=False,
+            console=self.console,
+        )
+
+
+def run_training(run_dir: Path, cfg: RunConfig, on_checkpoint=None) -> dict:
+    trainer = Trainer(run_dir, cfg.train, cfg.model, cfg.seed, on_checkpoint=on_checkpoint)
+    try:
+        return trainer.fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def apply_train_overrides(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """`llm360 train RUN --train.lr=...`: update RUN/run.yaml so the record says what was used."""
+    cfg = load_run_config(run_dir)
+    if not overrides:
+        return cfg
+    from llm360.config import apply_override, to_dict
+
+    tree = to_dict(cfg)
+    for item in overrides:
+        if not item.lstrip("-").startswith(("train.", "model.", "eval.", "analysis.")):
+            raise UserError(f"override {item!r}: only train.*, model.*, eval.* and analysis.* can change "
+                            "after prepare (the data is already cut)")
+        apply_override(tree, item)
+    new = validate(tree, source=f"{run_dir}/run.yaml")
+    if new != cfg and int(os.environ.get("RANK", "0")) == 0:
+        save_config(new, Path(run_dir) / "run.yaml")
+    return new
+
+
+def eval_hook(run_dir: Path, cfg: RunConfig):
+    """After each chunk checkpoint: evaluate it when `eval.every_checkpoint` is on."""
+    if not cfg.eval.every_checkpoint:
+        return None
+    try:
+        from llm360.eval.runner import evaluate_checkpoint
+    except ImportError:
+        return None
+
+    def run(name: str, steps_done: int) -> None:
+        evaluate_checkpoint(run_dir, name, cfg.eval)
+
+    return run
+
+
+def cli_train(args) -> int:
+    run_dir = Path(args.run)
+    cfg = apply_train_overrides(run_dir, args.overrides)
+    result = run_training(run_dir, cfg, on_checkpoint=eval_hook(run_dir, cfg))
+    return 0 if result["finished"] else 1

@@ -1,0 +1,306 @@
+"""The trainer: step rule, checkpoints, exact resume, spike guard, records, bad configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm360.config import load_run_config
+from llm360.errors import UserError
+from llm360.train.schedule import lr_at
+from llm360.train.spike import SpikeGuard
+from llm360.train.trainer import apply_train_overrides, run_training
+from llm360.utils import read_jsonl
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def train(run: Path, *overrides: str) -> dict:
+    cfg = apply_train_overrides(run, list(overrides))
+    return run_training(run, cfg)
+
+
+def train_subprocess(run: Path, *overrides: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "llm360.cli", "train", str(run), *overrides]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(29500 + os.getpid() % 1000), "-m", "llm360.cli", "train", str(run), *overrides]
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def weights(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / name / "model.safetensors")
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def events(run: Path) -> list[dict]:
+    return read_jsonl(run / "metrics" / "events.jsonl")
+
+
+# -- schedule and guard (pure functions) ----------------------------------------------------
+
+
+def test_lr_schedule_warmup_cosine_and_rewarm():
+    kw = dict(lr=1.0, min_lr=0.1, warmup_steps=4, total_steps=20)
+    assert lr_at(0, **kw) == pytest.approx(0.25)
+    assert lr_at(3, **kw) == pytest.approx(1.0)
+    assert lr_at(19, **kw) == pytest.approx(0.1, abs=0.02)
+    values = [lr_at(s, **kw) for s in range(4, 20)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay after warmup
+    # re-warm at step 12 over 2 steps: back up to the peak, then decay again to the end
+    rewarmed = [lr_at(s, **kw, rewarms=[(12, 2)]) for s in range(12, 20)]
+    assert rewarmed[0] < rewarmed[1] == pytest.approx(1.0)
+    assert rewarmed[-1] < rewarmed[1]
+    assert lr_at(11, **kw, rewarms=[(12, 2)]) == lr_at(11, **kw)
+
+
+def test_spike_guard():
+    guard = SpikeGuard(zscore=3.0, window=8)
+    for x in [2.0, 2.1, 1.9, 2.0, 2.05, 1.95]:
+        assert guard.check(x, 1.0) is None
+        guard.accept(x)
+    assert guard.check(float("nan"), 1.0)[0] == "nonfinite"
+    assert guard.check(2.0, float("inf"))[0] == "nonfinite"
+    assert guard.check(9.0, 1.0)[0] == "spike"
+    assert guard.check(2.1, 1.0) is None
+    state = guard.state_dict()
+    other = SpikeGuard(3.0, 8)
+    other.load_state_dict(state)
+    assert other.check(9.0, 1.0) == guard.check(9.0, 1.0)
+
+
+# -- a full tiny run --------------------------------------------------------------------------
+
+
+def test_train_writes_checkpoints_and_records(tiny_run):
+    result = train(tiny_run, "--train.extra_checkpoint_steps=[1,2]")
+    assert result["finished"]
+    names = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
+    assert names == ["ckpt_000", "ckpt_001", "ckpt_002", "init", "step_0000001", "step_0000002"]
+    ckpt = tiny_run / "checkpoints" / "ckpt_001"
+    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+              "trainer_state/optimizer.safetensors", "trainer_state/state.json", "CHECKSUMS.sha256"]:
+        assert (ckpt / f).exists(), f
+    state = json.loads((ckpt / "trainer_state" / "state.json").read_text())
+    assert state["steps_done"] == 6 and state["tokens"] == 6 * 4 * 32
+    lines = read_jsonl(tiny_run / "metrics" / "train.jsonl")
+    assert [r["step"] for r in lines] == list(range(9))
+    for r in lines:
+        for key in ["step", "chunk", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "time"]:
+            assert key in r
+        assert r["chunk"] == r["step"] // 3
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    kinds = [e["kind"] for e in events(tiny_run)]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds.count("checkpoint") == 5 and kinds.count("stage_start") == 2
+    assert (tiny_run / "env.json").exists()
+    # a finished run does nothing the second time
+    assert train(tiny_run)["did_nothing"]
+
+
+def test_checkpoint_loads_in_transformers(tiny_run):
+    transformers = pytest.importorskip("transformers")
+    train(tiny_run)
+    from llm360.model.hf import load_hf
+
+    folder = tiny_run / "checkpoints" / "ckpt_002"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    ours, _ = load_hf(folder)
+    tokens = torch.from_numpy(np.load(tiny_run / "data" / "chunks" / "chunk_002.npy")[:2, :-1].astype(np.int64))
+    with torch.no_grad():
+        assert (hf(tokens).logits - ours(tokens)).abs().max() < 1e-4
+
+
+def test_micro_batches_do_not_change_the_math(tiny_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    train(tiny_run, "--train.micro_batch_rows=4")
+    train(other, "--train.micro_batch_rows=1")
+    a = [r["loss"] for r in read_jsonl(tiny_run / "metrics" / "train.jsonl")]
+    b = [r["loss"] for r in read_jsonl(other / "metrics" / "train.jsonl")]
+    assert np.allclose(a, b, rtol=1e-5)
+    for key, value in weights(tiny_run, "ckpt_002").items():
+        assert torch.allclose(value, weights(other, "ckpt_002")[key], atol=1e-5)
+
+
+# -- exact resume -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reference_weights(prepared_template, tmp_path_factory):
+    """Final weights of an uninterrupted run (same data as every copy of the template)."""
+    import shutil
+
+    run = tmp_path_factory.mktemp("ref") / "run"
+    shutil.copytree(prepared_template, run)
+    train(run)
+    return weights(run, "ckpt_002"), run
+
+
+def test_resume_after_exit_is_bitwise_identical(tiny_run, reference_weights):
+    out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[3]")
+    assert out.returncode == 17, out.stderr
+    assert not (tiny_run / "checkpoints" / "ckpt_001").exists()
+    out = train_subprocess(tiny_run)
+    assert out.returncode == 0, out.stderr
+    assert_bitwise_equal(weights(tiny_run, "ckpt_002"), reference_weights[0])
+    assert "resume" in [e["kind"] for e in events(tiny_run)]
+    steps = [r["step"] for r in read_jsonl(tiny_run / "metrics" / "train.jsonl")]
+    assert steps == list(range(9))  # every step recorded exactly once
+
+
+def test_kill_during_checkpoint_write_then_resume(tiny_run, reference_weights):
+    out = train_subprocess(tiny_run, "--train.fault_injection.kill_in_checkpoint=[ckpt_001]")
+    assert out.returncode == -9, out.stderr
+    leftovers = [p.name for p in (tiny_run / "checkpoints").iterdir()]
+    assert "ckpt_001" not in leftovers and any(n.startswith(".ckpt_001.tmp") for n in leftovers)
+    out = train_subprocess(tiny_run, "--train.fault_injection.kill_in_checkpoint=[]")
+    assert out.returncode == 0, out.stderr
+    assert "removed an interrupted checkpoint write" in out.stderr
+    assert not any(p.name.startswith(".") for p in (tiny_run / "checkpoints").iterdir())
+    assert_bitwise_equal(weights(tiny_run, "ckpt_002"), reference_weights[0])
+
+
+def test_damaged_checkpoint_is_skipped(tiny_run, reference_weights):
+    out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[6]")
+    assert out.returncode == 17
+    damaged = tiny_run / "checkpoints" / "ckpt_001" / "model.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[]")
+    assert out.returncode == 0, out.stderr
+    assert "ckpt_001 is damaged" in out.stderr
+    corrupt = [e for e in events(tiny_run) if e["kind"] == "corrupt_checkpoint"]
+    assert corrupt and corrupt[0]["checkpoint"] == "ckpt_001"
+    resumed = [e for e in events(tiny_run) if e["kind"] == "resume"]
+    assert resumed[-1]["checkpoint"] == "ckpt_000"
+    assert_bitwise_equal(weights(tiny_run, "ckpt_002"), reference_weights[0])
+
+
+def test_tampered_chunk_stops_training(tiny_run):
+    chunk = tiny_run / "data" / "chunks" / "chunk_001.npy"
+    data = bytearray(chunk.read_bytes())
+    data[-3] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="chunk 1"):
+        train(tiny_run)
+    # it trained chunk 0 (valid) and stopped before touching chunk 1
+    assert (tiny_run / "checkpoints" / "ckpt_000").exists()
+    assert not (tiny_run / "checkpoints" / "ckpt_001").exists()
+
+
+# -- spike guard actions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["skip", "rollback"])
+def test_nan_recovery_is_recorded_and_reproducible(tiny_run, tmp_path, action):
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_run, twin)
+    overrides = ["--train.fault_injection.nan_at_steps=[4]", f"--train.spike.action={action}",
+                 "--train.spike.skip_batches=2", "--train.extra_checkpoint_steps=[2]"]
+    for run in (tiny_run, twin):
+        assert train(run, *overrides)["finished"]
+    final = weights(tiny_run, "ckpt_002")
+    assert all(torch.isfinite(t).all() for t in final.values())
+    assert_bitwise_equal(final, weights(twin, "ckpt_002"))
+    ev = events(tiny_run)
+    assert any(e["kind"] == "nonfinite" and e["step"] == 4 for e in ev)
+    skips = [e for e in ev if e["kind"] == "skip_batch"]
+    assert skips
+    skipped_steps = [s["step"] for e in skips for s in e["skipped"]]
+    expected = [4] if action == "skip" else [4, 5]
+    assert skipped_steps == expected
+    assert skips[0]["skipped"][0]["chunk"] == 1 and skips[0]["skipped"][0]["rows"] == [4, 8]
+    if action == "rollback":
+        rb = [e for e in ev if e["kind"] == "rollback"][0]
+        assert rb["to_checkpoint"] == "ckpt_000" and rb["to_step"] == 3
+    state = json.loads((tiny_run / "checkpoints" / "ckpt_002" / "trainer_state" / "state.json").read_text())
+    assert state["skipped_steps"] == expected
+    lines = read_jsonl(tiny_run / "metrics" / "train.jsonl")
+    assert [r["step"] for r in lines] == list(range(9))
+    assert [r["step"] for r in lines if r.get("skipped")] == expected
+
+
+def test_nan_with_stop_action(tiny_run):
+    result = train(tiny_run, "--train.fault_injection.nan_at_steps=[4]", "--train.spike.action=stop")
+    assert not result["finished"] and result["steps"] == 4
+    ev = events(tiny_run)
+    assert ev[-1]["kind"] == "end" and not ev[-1]["finished"]
+    assert all(torch.isfinite(t).all() for t in weights(tiny_run, "ckpt_000").values())
+
+
+# -- configs that cannot work -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, words", [
+    ("--train.micro_batch_rows=3", ["global_batch_rows", "micro_batch_rows"]),
+    ("--train.global_batch_rows=8", ["train.global_batch_rows", "prepare again"]),
+    ("--model.max_seq_len=16", ["data.seq_len", "model.max_seq_len"]),
+    ("--data.seq_len=64", ["only train.*"]),
+])
+def test_impossible_configs_fail_before_work(tiny_run, override, words):
+    with pytest.raises(UserError) as e:
+        train(tiny_run, override)
+    for word in words:
+        assert word in str(e.value)
+    assert not (tiny_run / "checkpoints").exists()
+
+
+# -- several processes (gloo on CPU) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_and_resume_on_one(tiny_run, reference_weights, strategy):
+    ref_run = reference_weights[1]
+    out = train_subprocess(tiny_run, f"--train.strategy={strategy}", "--train.micro_batch_rows=1",
+                           "--train.fault_injection.exit_after_steps=[6]", nproc=2)
+    assert out.returncode != 0 and (tiny_run / "checkpoints" / "ckpt_001").exists(), out.stderr[-3000:]
+    state = json.loads((tiny_run / "checkpoints" / "ckpt_001" / "trainer_state" / "state.json").read_text())
+    assert state["world_size"] == 2
+    out = train_subprocess(tiny_run, "--train.strategy=single", "--train.micro_batch_rows=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ours = read_jsonl(tiny_run / "metrics" / "train.jsonl")
+    ref = read_jsonl(ref_run / "metrics" / "train.jsonl")
+    assert [r["step"] for r in ours] == list(range(9))
+    assert np.allclose([r["loss"] for r in ours], [r["loss"] for r in ref], rtol=1e-5, atol=0)
+    for key, value in weights(tiny_run, "ckpt_002").items():
+        assert torch.allclose(value, reference_weights[0][key], atol=1e-4), key
+
+
+# -- applied from outside: activation checkpointing and torch.compile ------------------------------
+
+
+@pytest.mark.parametrize("override", ["--train.activation_checkpointing=full",
+                                      "--train.activation_checkpointing=selective", "--train.compile=true"])
+def test_outside_wrappers_keep_the_math_and_the_names(tiny_run, reference_weights, override):
+    if "compile" in override:
+        pytest.importorskip("torch._inductor")
+    train(tiny_run, override)
+    ours = read_jsonl(tiny_run / "metrics" / "train.jsonl")
+    ref = read_jsonl(reference_weights[1] / "metrics" / "train.jsonl")
+    assert np.allclose([r["loss"] for r in ours], [r["loss"] for r in ref], rtol=1e-4)
+    final = weights(tiny_run, "ckpt_002")
+    assert final.keys() == reference_weights[0].keys()  # no _orig_mod. or wrapper prefixes
+    for key, value in final.items():
+        assert torch.allclose(value, reference_weights[0][key], atol=1e-4), key
