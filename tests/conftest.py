@@ -7,7 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+# Tiny models gain nothing from threads, and on a shared 2-core machine threads fighting for the
+# cores slow them down several times; one thread also keeps every in-process run comparable.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

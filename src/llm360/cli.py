@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("run")
     sp.add_argument("--checkpoints", default="all", help="all, last, or a list like 0,3,7 or ckpt_003,init")
-    sp.add_argument("--tasks", help="task names or JSONL paths, comma separated (default: eval.tasks)")
+    sp.add_argument("--tasks", help="task names (heldout, heldout/SOURCE, arc_easy, amber) or JSONL/YAML task files, "
+                    "comma separated; NAME:K for K-shot (default: eval.heldout + eval.tasks)")
     sp.add_argument("--harness", choices=["llm360", "lm-eval"], default="llm360")
     sp.add_argument("--force", action="store_true", help="redo results that exist")
     sp.add_argument("--json", action="store_true")

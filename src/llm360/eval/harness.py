@@ -1,0 +1,258 @@
+"""lm-evaluation-harness on checkpoint folders (the optional `lm-eval` extra).
+
+A checkpoint folder is a Hugging Face folder, so lm-eval's `hf` model reads it as it is
+(`pretrained=FOLDER`, float32). Tasks are either lm-eval's own definitions (`arc_challenge`,
+`hellaswag`, `mmlu`, `truthfulqa_mc2`, ...: their data sets come from the Hugging Face Hub, or
+its local cache) or local task files, for which a task YAML is written into a temporary folder
+and given to lm-eval's TaskManager as an include path, with the data read offline:
+
+    task: llm360_arc_easy
+    dataset_path: json
+    dataset_kwargs: {data_files: {test: arc_easy.jsonl, train: arc_easy.fewshot.jsonl}}
+    output_type: multiple_choice
+    doc_to_text: "{{requests[0][0]}}"             # question format: the template, in Jinja
+    doc_to_choice: "{{requests | map(attribute=1) | list}}"          # question format: choices
+    doc_to_target: label                                             # question format: gold
+    target_delimiter: ""                          # the continuations start with their space
+
+The questions given to lm-eval are the same seeded sample llm360 scores (`eval.max_questions`);
+for lm-eval's own tasks the sample is lm-eval's `limit` (the first N documents).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from llm360.errors import UserError
+from llm360.eval.tasks import LmEvalTask, read_task_file, sample_indices
+
+LOCAL_PREFIX = "llm360_"  # local tasks are registered as llm360_NAME, apart from lm-eval's names
+INSTALL = "pip install 'llm360[lm-eval]' (the lm-eval and accelerate packages)"
+
+
+def require_lm_eval():
+    try:
+        import lm_eval
+    except ImportError:
+        raise UserError(f"--harness lm-eval needs lm-evaluation-harness: {INSTALL}") from None
+    try:
+        import accelerate  # noqa: F401  (lm-eval's hf model imports it)
+    except ImportError:
+        raise UserError(f"lm-eval's hf model needs the accelerate package: {INSTALL}") from None
+    return lm_eval
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub's host name resolves and answers (lm-eval's data sets)."""
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# local task files -> lm-eval task YAML
+
+
+def write_local_task(task: LmEvalTask, folder: Path, max_questions: int | None = None) -> str:
+    """Write the sampled questions and a task YAML for a local task file; return its task name."""
+    spec = task.spec
+    questions = read_task_file(spec.data, spec)
+    questions = [questions[i] for i in sample_indices(len(questions), max_questions, spec.name)]
+    formats = {"requests" in q.doc for q in questions}
+    if len(formats) > 1:
+        raise UserError(f"{spec.data}: lm-eval needs one format per task file; this one mixes the "
+                        "benchmarks format (requests) and the question format (question, choices)")
+    benchmarks = formats == {True}
+    if benchmarks:
+        for q in questions:
+            if len({c for c, _ in q.requests}) > 1:
+                raise UserError(f"{spec.data}:{q.line}: lm-eval's multiple_choice tasks need one context "
+                                "per question, this question has several")
+    name = LOCAL_PREFIX + spec.name
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(q.doc, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
+    files = {"test": str(data)}
+    if spec.fewshot is not None and spec.num_fewshot:
+        files["train"] = str(spec.fewshot)
+    config = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": files, "cache_dir": str(folder / "datasets")},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")],
+        "metadata": {"version": 1.0},
+        "fewshot_delimiter": spec.fewshot_delimiter,
+    }
+    if "train" in files:
+        config["fewshot_split"] = "train"
+    if benchmarks:
+        config.update(doc_to_text="{{requests[0][0]}}", doc_to_choice="{{requests | map(attribute=1) | list}}",
+                      doc_to_target="label", target_delimiter="")
+    else:
+        config.update(doc_to_text=spec.template.replace("{question}", "{{question}}"), doc_to_choice="choices",
+                      doc_to_target="gold", target_delimiter=spec.target_delimiter)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def run_lm_eval(checkpoint: str | Path, tasks: list[LmEvalTask], *, batch_size: int = 32,
+                max_questions: int | None = None, device: str | None = None,
+                log_samples: bool = False, quiet: bool = True) -> dict[str, dict]:
+    """Evaluate one checkpoint folder with lm-eval.
+
+    Returns {task label: {"metrics": {metric: {value, stderr, n}}, "samples": [...]}}; samples
+    (with log_samples) are lm-eval's per-document records: doc_id, target, and `lls`, the
+    log-likelihood of each choice.
+    """
+    lm_eval = require_lm_eval()
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    own = [t for t in tasks if t.spec is None]
+    # local files never need the network; lm-eval's own data sets come from the Hub, or from
+    # its cache when the Hub cannot be reached (then a data set not cached fails at once)
+    with _offline(not own or not hub_reachable()), tempfile.TemporaryDirectory(prefix="llm360-lm-eval-") as tmp:
+        names = {t.label: write_local_task(t, Path(tmp), max_questions) if t.spec else t.task for t in tasks}
+        with _quiet(quiet):
+            manager = TaskManager(include_path=tmp, include_defaults=bool(own))
+            unknown = [t.task for t in own if t.task not in manager.all_tasks]
+            if unknown:
+                raise UserError(f"lm-eval has no task named {', '.join(map(repr, unknown))}; see "
+                                "`lm-eval ls tasks` for its tasks, or give a path to a local NAME.jsonl task file")
+            model = HFLM(pretrained=str(checkpoint), device=device, dtype="float32", batch_size=batch_size)
+            out: dict[str, dict] = {}
+            by_shots: dict[int | None, list[LmEvalTask]] = {}
+            for t in tasks:
+                by_shots.setdefault(t.num_fewshot, []).append(t)
+            for shots, group in by_shots.items():
+                wanted = [names[t.label] for t in group]
+                try:
+                    result = lm_eval.simple_evaluate(
+                        model=model, tasks=wanted, num_fewshot=shots, task_manager=manager,
+                        limit=max_questions if all(t.spec is None for t in group) else None,
+                        log_samples=log_samples, bootstrap_iters=1000, verbosity="ERROR")
+                except (ConnectionError, OSError) as e:
+                    raise UserError(
+                        f"lm-eval could not load the data of {', '.join(wanted)} ({str(e).splitlines()[0][:200]}). "
+                        "lm-eval's own tasks download their data sets from the Hugging Face Hub, which cannot "
+                        "be reached from here and is not in the local cache: run where the Hub is reachable "
+                        "(or copy a filled ~/.cache/huggingface), or evaluate local task files instead "
+                        "(--tasks path/to/NAME.jsonl)") from None
+                for t in group:
+                    out[t.label] = _collect(result, names[t.label], log_samples)
+    return out
+
+
+def _collect(result: dict, name: str, log_samples: bool) -> dict:
+    results = result["results"]
+    if name not in results:
+        raise UserError(f"lm-eval returned no results for task {name!r}")
+    metrics = {}
+    n = _sample_count(result, name)
+    entry = results[name]
+    for key, value in entry.items():
+        if "," not in key or "_stderr," in key:
+            continue
+        metric, filt = key.split(",", 1)
+        stderr = entry.get(f"{metric}_stderr,{filt}")
+        label = metric if filt == "none" else f"{metric}/{filt}"
+        metrics[label] = {"value": _number(value), "stderr": _number(stderr), "n": n}
+    samples = []
+    if log_samples:
+        for s in result.get("samples", {}).get(name, []):
+            samples.append({"doc_id": s["doc_id"], "target": s["target"],
+                            "lls": [float(r[0]) for r in s["filtered_resps"]],
+                            "acc": s.get("acc"), "acc_norm": s.get("acc_norm")})
+    return {"metrics": metrics, "samples": samples}
+
+
+def _sample_count(result: dict, name: str) -> int | None:
+    counts = result.get("n-samples", {})
+    if name in counts:
+        return int(counts[name]["effective"])
+    if isinstance(result["results"][name].get("sample_len"), int):
+        return result["results"][name]["sample_len"]
+    subtasks = result.get("group_subtasks", {}).get(name)
+    if subtasks:
+        parts = [_sample_count(result, s) for s in subtasks if s in result["results"]]
+        return sum(p for p in parts if p is not None) or None
+    return None
+
+
+def _number(value) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None  # lm-eval writes "N/A" where it has no standard error
+    return None if math.isnan(x) else x
+
+
+@contextlib.contextmanager
+def _offline(enabled: bool):
+    """HF_DATASETS_OFFLINE / HF_HUB_OFFLINE for the duration, also where those libraries already
+    read the environment at import."""
+    if not enabled:
+        yield
+        return
+    keys = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    old_env = {k: os.environ.get(k) for k in keys}
+    patched = []
+    for module, attr in (("datasets.config", "HF_DATASETS_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+                         ("huggingface_hub.constants", "HF_HUB_OFFLINE")):
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, attr):
+            patched.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, True)
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for mod, attr, value in patched:
+            setattr(mod, attr, value)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """lm-eval, datasets and transformers log a lot at INFO level: keep them to errors."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("lm-eval", "lm_eval", "datasets", "transformers", "accelerate")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,93 @@
+"""RUN/metrics/eval.jsonl and its TensorBoard mirror (SPEC.md sections 1 and 6).
+
+One line per (checkpoint, task, metric):
+
+    {"checkpoint": "ckpt_002", "step": 9, "tokens": 1152, "task": "arc_easy", "metric": "acc",
+     "value": 0.27, "stderr": 0.044, "n": 100}
+
+step and tokens are the checkpoint's optimizer steps done and trained tokens (its
+trainer_state/state.json). The lines of one (checkpoint, task) are written with one write, so a
+crash leaves all of them or (after the torn-line repair below) none; a pair on record is not
+evaluated again unless forced, and then its old lines are replaced, never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from llm360.utils import atomic_write_text, read_jsonl
+
+KEYS = ("checkpoint", "step", "tokens", "task", "metric", "value", "stderr", "n")
+
+
+class EvalLog:
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics" / "eval.jsonl"
+
+    def read(self) -> list[dict]:
+        return read_jsonl(self.path)
+
+    def done(self, checkpoint: str, task: str, metrics: tuple[str, ...] = ()) -> bool:
+        """Whether (checkpoint, task) is on record, with all of `metrics` when given."""
+        found = {r["metric"] for r in self.read() if r.get("checkpoint") == checkpoint and r.get("task") == task}
+        return bool(found) and set(metrics) <= found
+
+    def records(self, checkpoint: str, task: str | None = None) -> list[dict]:
+        return [r for r in self.read() if r.get("checkpoint") == checkpoint and (task is None or r.get("task") == task)]
+
+    def write(self, records: list[dict], replace: bool = False) -> None:
+        """Append the lines of one (checkpoint, task); with replace, drop its old lines first."""
+        if not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps({k: r[k] for k in KEYS}) + "\n" for r in records)
+        pairs = {(r["checkpoint"], r["task"]) for r in records}
+        if replace and self.path.exists():
+            kept = [r for r in self.read() if (r.get("checkpoint"), r.get("task")) not in pairs]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept) + text)
+            return
+        self._repair_tail()
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _repair_tail(self) -> None:
+        """Cut a torn last line (a crash in the middle of a write) before appending."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            data = self.path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        with open(self.path, "r+b") as f:
+            f.truncate(cut)
+
+
+class TensorBoard:
+    """eval/TASK/METRIC scalars at the checkpoint's step, in RUN/metrics/tb (when installed)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an extra; eval.jsonl is the record
+            return
+        self.writer = SummaryWriter(str(Path(run_dir) / "metrics" / "tb"))
+
+    def write(self, records: list[dict]) -> None:
+        if self.writer is None:
+            return
+        for r in records:
+            if isinstance(r.get("value"), (int, float)):
+                self.writer.add_scalar(f"eval/{r['task']}/{r['metric']}", r["value"], r["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,295 @@
+"""`llm360 eval` and the in-loop evaluation: every checkpoint, every task, one record.
+
+    llm360 eval RUN                                    # all checkpoints, eval.heldout + eval.tasks
+    llm360 eval RUN --checkpoints last --tasks arc_easy,heldout/prose,my/qa.jsonl:5
+    llm360 eval RUN --harness lm-eval --tasks amber    # lm-eval's tasks: ARC-C 25-shot, ...
+    llm360 eval RUN --eval.max_questions=200 --force --json
+
+Results go to RUN/metrics/eval.jsonl (one line per checkpoint, task and metric; see
+`llm360.eval.results`) and RUN/metrics/tb. A (checkpoint, task) on record is skipped unless
+--force. A checkpoint is evaluated only when its CHECKSUMS.sha256 match; a damaged one is
+refused by name (the others are still evaluated, and the command then fails).
+
+The trainer calls `evaluate_checkpoint(run_dir, name, eval_cfg)` after each chunk checkpoint
+when `eval.every_checkpoint` is on; `llm360 run` calls `evaluate_run` for whatever is left.
+Task names and file formats: `llm360.eval.tasks`; the scores: `llm360.eval.scoring`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from llm360.config import EvalConfig, apply_override, load_run_config, to_dict, validate
+from llm360.errors import UserError
+from llm360.eval.results import EvalLog, TensorBoard
+from llm360.eval.tasks import (
+    HeldoutTask,
+    LmEvalTask,
+    Task,
+    TaskSpec,
+    load_questions,
+    load_spec,
+    resolve_tasks,
+    split_shots,
+)
+from llm360.train import checkpoint as ckpt
+
+HARNESSES = ("llm360", "lm-eval")
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def cli_eval(args) -> int:
+    """`llm360 eval RUN [--checkpoints ...] [--tasks ...] [--harness ...] [--force] [--json]`."""
+    from rich.console import Console
+
+    run_dir = Path(args.run)
+    eval_cfg = load_eval_config(run_dir, getattr(args, "overrides", None) or [])
+    tasks = [t for t in args.tasks.split(",") if t.strip()] if getattr(args, "tasks", None) else None
+    console = Console(stderr=bool(getattr(args, "json", False)))
+    records = evaluate_run(run_dir, eval_cfg, checkpoints=getattr(args, "checkpoints", None) or "all",
+                           tasks=tasks, harness=getattr(args, "harness", None) or "llm360",
+                           force=bool(getattr(args, "force", False)), console=console, show="all")
+    if not records:
+        raise UserError("nothing to evaluate: the run has no held-out data and no task of eval.tasks was found; "
+                        "name tasks with --tasks")
+    if getattr(args, "json", False):
+        print(json.dumps(records, indent=1))
+    return 0
+
+
+def load_eval_config(run_dir: Path, overrides: list[str]) -> EvalConfig:
+    """The run's `eval` section with `--eval.key=value` overrides for this command only."""
+    cfg = load_run_config(run_dir)
+    if not overrides:
+        return cfg.eval
+    tree = to_dict(cfg)
+    for item in overrides:
+        if not item.lstrip("-").startswith("eval."):
+            raise UserError(f"override {item!r}: `llm360 eval` takes only eval.* overrides, e.g. --eval.max_questions=50")
+        apply_override(tree, item)
+    return validate(tree, source=f"{run_dir}/run.yaml").eval
+
+
+def select_checkpoints(run_dir: Path, spec: str, steps_per_chunk: int) -> list[ckpt.CheckpointInfo]:
+    """`all`, `last`, or a comma list of chunk numbers (`0,3,7` = ckpt_000, ...) and names."""
+    found = ckpt.list_checkpoints(run_dir, steps_per_chunk)
+    if not found:
+        raise UserError(f"{run_dir} has no checkpoints (no folders in {Path(run_dir) / 'checkpoints'}); "
+                        f"train it first: llm360 train {run_dir}")
+    spec = (spec or "all").strip()
+    if spec == "all":
+        return found
+    if spec == "last":
+        return [found[-1]]
+    by_name = {c.name: c for c in found}
+    chunk_names = {int(c.name[5:]): c for c in found if c.name.startswith("ckpt_")}
+    picked = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        info = chunk_names.get(int(item)) if item.isdigit() else by_name.get(item)
+        if info is None:
+            raise UserError(f"no checkpoint {item!r} in {run_dir}; checkpoints: {', '.join(c.name for c in found)}")
+        if info not in picked:
+            picked.append(info)
+    return picked
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint whose files do not match its CHECKSUMS.sha256: never evaluated."""
+
+
+def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig, *, checkpoints: str = "all",
+                 tasks: list[str] | None = None, harness: str = "llm360", force: bool = False,
+                 console=None, show: str = "new") -> list[dict]:
+    """Evaluate the chosen checkpoints of a run; the records of every (checkpoint, task) asked for."""
+    run_dir = Path(run_dir)
+    steps_per_chunk = load_run_config(run_dir).train.steps_per_chunk
+    infos = select_checkpoints(run_dir, checkpoints, steps_per_chunk)
+    records, refused = [], []
+    for info in infos:
+        try:
+            records += evaluate_checkpoint(run_dir, info.name, eval_cfg, tasks=tasks, harness=harness,
+                                           force=force, console=console, show=show)
+        except DamagedCheckpoint as e:
+            refused.append(str(e))
+            _console(console).print(f"[red]refused:[/] {e}")
+    if refused:
+        raise UserError("; ".join(refused))
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# one checkpoint
+
+
+def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *, tasks: list[str] | None = None,
+                        harness: str = "llm360", force: bool = False, console=None, show: str = "new") -> list[dict]:
+    """Evaluate checkpoint `name` of the run on the tasks (default: eval.heldout and eval.tasks),
+    append the results to eval.jsonl and TensorBoard and print a table (show="new": when something
+    was evaluated, "all": always); return its records for those tasks (new and on record)."""
+    if harness not in HARNESSES:
+        raise UserError(f"unknown harness {harness!r}; choose one of {', '.join(HARNESSES)}")
+    run_dir = Path(run_dir)
+    steps_per_chunk = load_run_config(run_dir).train.steps_per_chunk
+    infos = {c.name: c for c in ckpt.list_checkpoints(run_dir, steps_per_chunk)}
+    if name not in infos:
+        raise UserError(f"no checkpoint {name!r} in {run_dir}; checkpoints: {', '.join(infos) or '(none)'}")
+    info = infos[name]
+    console = _console(console)
+    todo_tasks = _tasks(run_dir, eval_cfg, tasks, harness, console)
+    log = EvalLog(run_dir)
+    todo = [t for t in todo_tasks if force or not log.done(name, t.label, t.metrics)]
+    if todo:
+        found = ckpt.problems(info)
+        if found:
+            raise DamagedCheckpoint(f"checkpoint {name} is damaged, not evaluating it: {'; '.join(found[:3])}")
+        state = json.loads((info.path / ckpt.STATE_DIR / "state.json").read_text())
+        where = {"checkpoint": name, "step": int(state.get("steps_done", info.steps_done)),
+                 "tokens": int(state.get("tokens", 0))}
+        tb = TensorBoard(run_dir)
+        try:
+            run = _run_llm360 if harness == "llm360" else _run_lm_eval
+            for task, metrics in run(run_dir, info.path, todo, eval_cfg, console):
+                new = [{**where, "task": task.label, "metric": m, **v} for m, v in metrics.items()]
+                log.write(new, replace=force)
+                tb.write(new)
+        finally:
+            tb.close()
+    labels = {t.label for t in todo_tasks}
+    records = [r for r in log.records(name) if r["task"] in labels]
+    if todo or show == "all":
+        _table(console, name, records, skipped=len(todo_tasks) - len(todo))
+    return records
+
+
+def _tasks(run_dir: Path, eval_cfg: EvalConfig, names: list[str] | None, harness: str, console) -> list[Task]:
+    sources = _heldout_sources(run_dir)
+    if names is not None:
+        tasks = resolve_tasks(names, harness, sources)
+        if not tasks:
+            raise UserError("no tasks to evaluate" + (" (this run has no held-out data)" if "heldout" in names else ""))
+        return tasks
+    # the run's config: held-out data, then eval.tasks (benchmark file names or paths, for either
+    # harness). A task that cannot be found is skipped with a warning, so that training (which
+    # evaluates every checkpoint) never stops for want of a benchmark file.
+    tasks: list[Task] = []
+    if eval_cfg.heldout and harness == "llm360":
+        tasks += [HeldoutTask(s) for s in sources]
+    for name in eval_cfg.tasks:
+        try:
+            spec = load_spec(*split_shots(name)) if harness == "lm-eval" else resolve_tasks([name], harness, sources)[0]
+        except UserError as e:
+            if name not in _warned:
+                _warned.add(name)
+                console.print(f"[yellow]warning:[/] eval.tasks: skipping {name!r}: {e}")
+            continue
+        tasks.append(LmEvalTask(spec.name, spec.num_fewshot, spec=spec) if harness == "lm-eval" else spec)
+    return tasks
+
+
+_warned: set[str] = set()
+
+
+def _heldout_sources(run_dir: Path) -> list[str]:
+    if not (run_dir / "data" / "manifest.json").exists():
+        return []
+    from llm360.data.store import RunData
+
+    return RunData(run_dir).heldout_sources
+
+
+# ---------------------------------------------------------------------------------------------
+# the harnesses
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_llm360(run_dir: Path, folder: Path, tasks: list[Task], eval_cfg: EvalConfig, console):
+    """Yield (task, {metric: {value, stderr, n}}) for each task, scored by llm360."""
+    from llm360.eval import scoring
+    from llm360.model.generate import load_tokenizer
+    from llm360.model.hf import load_hf
+
+    model, _ = load_hf(folder, device=_device())
+    tokenizer = load_tokenizer(folder)
+    data = None
+    with _progress(console) as bar:
+        for task in tasks:
+            if isinstance(task, HeldoutTask):
+                if data is None:
+                    from llm360.data.store import RunData
+
+                    data = RunData(run_dir)
+                rows = data.heldout(task.source)
+                job = bar.add_task(f"{folder.name} {task.label}", total=len(rows))
+                losses = scoring.row_losses(model, rows, eval_cfg.batch_size, lambda n, job=job: bar.advance(job, n))
+                metrics = scoring.heldout_metrics(losses, rows.shape[1] - 1, scoring.target_bytes(tokenizer, rows))
+            else:
+                assert isinstance(task, TaskSpec)
+                questions = load_questions(task, eval_cfg.max_questions)
+                job = bar.add_task(f"{folder.name} {task.label}", total=sum(len(q.requests) for q in questions))
+                scored = scoring.score_questions(model, tokenizer, questions, eval_cfg.batch_size,
+                                                 lambda n, job=job: bar.advance(job, n))
+                metrics = scoring.mc_metrics(scored)
+            bar.remove_task(job)
+            yield task, metrics
+
+
+def _run_lm_eval(run_dir: Path, folder: Path, tasks: list[Task], eval_cfg: EvalConfig, console):
+    from llm360.eval.harness import run_lm_eval
+
+    assert all(isinstance(t, LmEvalTask) for t in tasks)
+    t0 = time.perf_counter()
+    with console.status(f"lm-eval on {folder.name}: {', '.join(t.label for t in tasks)}"):
+        results = run_lm_eval(folder, tasks, batch_size=eval_cfg.batch_size, max_questions=eval_cfg.max_questions)
+    console.print(f"lm-eval on {folder.name}: {time.perf_counter() - t0:.1f} s")
+    for task in tasks:
+        yield task, results[task.label]["metrics"]
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def _console(console):
+    if console is not None:
+        return console
+    from rich import get_console
+
+    return get_console()  # the console the trainer's progress bar lives on
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def _table(console, name: str, records: list[dict], skipped: int = 0) -> None:
+    from rich.table import Table
+
+    if not records:
+        return
+    r0 = records[0]
+    title = f"{name}: step {r0['step']:,}, {r0['tokens']:,} tokens"
+    if skipped:
+        title += f" ({skipped} task(s) already on record; --force redoes them)"
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("stderr", "right"), ("n", "right")):
+        table.add_column(col, justify=justify)
+    for r in records:
+        value = "-" if r["value"] is None else f"{r['value']:.4f}"
+        stderr = "" if r["stderr"] is None else f"± {r['stderr']:.4f}"
+        table.add_row(r["task"], r["metric"], value, stderr, "" if r["n"] is None else str(r["n"]))
+    console.print(table)
