@@ -1,0 +1,396 @@
+"""The facts of a run, gathered once from its files, for the cards, the report and release.json.
+
+Everything here is read as data (JSON, YAML, safetensors headers, numpy arrays without pickles);
+a missing or malformed piece is left empty rather than failing, because a report on a half
+finished run is still worth having. Evaluation and memorization records are optional.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from llm360.utils import natural_index, read_jsonl
+
+FIRST_BATCH_ROWS = 4  # rows of step 0 shown decoded in the report
+
+
+@dataclass
+class Facts:
+    run_dir: Path
+    name: str
+    config: dict = field(default_factory=dict)  # run.yaml, as parsed
+    env: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # architecture, parameters
+    checkpoints: list[dict] = field(default_factory=list)  # the release table, oldest first
+    train: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    memorization: list[dict] = field(default_factory=list)
+    steps_per_chunk: int = 1
+    batch_rows: int = 1
+    seq_len: int = 0
+
+    # -- derived ----------------------------------------------------------------------------
+
+    @property
+    def chunks(self) -> list[dict]:
+        return list(self.manifest.get("chunks") or [])
+
+    @property
+    def stages(self) -> list[dict]:
+        return list(self.manifest.get("stages") or [])
+
+    @property
+    def sources(self) -> list[dict]:
+        return list(self.manifest.get("sources") or [])
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.manifest.get("fingerprint")
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.chunks) * self.steps_per_chunk
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_rows * self.seq_len
+
+    @property
+    def steps_done(self) -> int:
+        return max((c["step"] for c in self.checkpoints), default=0)
+
+    @property
+    def tokens_trained(self) -> int:
+        return max((c["tokens"] for c in self.checkpoints), default=0)
+
+    @property
+    def final_loss(self) -> float | None:
+        for record in reversed(self.train):
+            if _finite(record.get("loss")):
+                return record["loss"]
+        return None
+
+    def events_of(self, *kinds: str) -> list[dict]:
+        return [e for e in self.events if e.get("kind") in kinds]
+
+    def skipped_batches(self) -> list[dict]:
+        """Every batch left out of training: {step, chunk, rows, reason}, by step."""
+        seen: dict[int, dict] = {}
+        for event in self.events_of("skip_batch"):
+            for item in event.get("skipped") or []:
+                if isinstance(item, dict) and isinstance(item.get("step"), int):
+                    seen[item["step"]] = {**item, "reason": event.get("reason")}
+        return [seen[s] for s in sorted(seen)]
+
+    def stage_of_chunk(self, chunk: int) -> dict | None:
+        for stage in self.stages:
+            first = stage.get("first_chunk", 0)
+            if first <= chunk < first + stage.get("chunks", 0):
+                return stage
+        return None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_records(path: Path) -> list[dict]:
+    try:
+        return [r for r in read_jsonl(path) if isinstance(r, dict)]
+    except (OSError, ValueError):
+        return []
+
+
+def _latest(records: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """The last record of each key (files are appended to; a redo supersedes), in file order."""
+    latest: dict[tuple, dict] = {}
+    for r in records:
+        k = tuple(str(r.get(part)) for part in key)
+        latest.pop(k, None)
+        latest[k] = r
+    return list(latest.values())
+
+
+def read_config(run_dir: Path) -> dict:
+    try:
+        tree = yaml.safe_load((run_dir / "run.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def _section(tree: dict, key: str) -> dict:
+    value = tree.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def gather(run_dir: str | Path) -> Facts:
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    manifest = _read_json(run_dir / "data" / "manifest.json")
+    train_cfg, data_cfg = _section(config, "train"), _section(config, "data")
+    facts = Facts(
+        run_dir=run_dir,
+        name=str(config.get("name") or run_dir.name),
+        config=config,
+        env=_read_json(run_dir / "env.json"),
+        manifest=manifest,
+        train=_read_records(run_dir / "metrics" / "train.jsonl"),
+        events=_read_records(run_dir / "metrics" / "events.jsonl"),
+        evals=_read_records(run_dir / "metrics" / "eval.jsonl"),
+        memorization=_latest(_read_records(run_dir / "analysis" / "memorization" / "summary.jsonl"),
+                             ("checkpoint", "chunk")),
+        steps_per_chunk=int(manifest.get("steps_per_chunk") or train_cfg.get("steps_per_chunk") or 1),
+        batch_rows=int(manifest.get("global_batch_rows") or train_cfg.get("global_batch_rows") or 1),
+        seq_len=int(manifest.get("seq_len") or data_cfg.get("seq_len") or 0),
+    )
+    facts.checkpoints = checkpoint_table(run_dir, facts.steps_per_chunk, facts.tokens_per_step)
+    facts.model = model_facts(run_dir, facts)
+    return facts
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+def checkpoint_order(name: str, steps_per_chunk: int) -> tuple[int, int] | None:
+    """(steps done, tie-break) of a checkpoint folder name; None for any other name."""
+    if name == "init":
+        return 0, 2
+    if (c := natural_index(name, "ckpt_")) is not None:
+        return (c + 1) * steps_per_chunk, 0
+    if (k := natural_index(name, "step_")) is not None:
+        return k, 1
+    return None
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """CHECKSUMS.sha256 as {relative path: sha256}; {} when absent or unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        digest, sep, rel = line.partition("  ")
+        if sep and rel:
+            out[rel] = digest
+    return out
+
+
+def checkpoint_table(run_dir: Path, steps_per_chunk: int, tokens_per_step: int) -> list[dict]:
+    """name, step (optimizer steps the weights have seen), tokens, chunks_seen, per checkpoint."""
+    root = run_dir / "checkpoints"
+    rows = []
+    if not root.is_dir():
+        return rows
+    for path in root.iterdir():
+        order = checkpoint_order(path.name, steps_per_chunk)
+        if order is None or path.is_symlink() or not path.is_dir():
+            continue
+        steps = order[0]
+        state = _read_json(path / "trainer_state" / "state.json")
+        tokens = state.get("tokens")
+        sums = read_checksums(path / "CHECKSUMS.sha256")
+        weights = sums.get("model.safetensors") or sums.get("model.safetensors.index.json")
+        rows.append({
+            "name": path.name,
+            "step": steps,
+            "tokens": int(tokens) if _finite(tokens) else steps * tokens_per_step,
+            "chunks_seen": steps // steps_per_chunk,
+            "weights_sha256": weights,
+            "skipped_steps": [s for s in state.get("skipped_steps") or [] if isinstance(s, int)],
+            "_order": order,
+        })
+    rows.sort(key=lambda r: (r["_order"][0], -r["_order"][1]))
+    for row in rows:
+        del row["_order"]
+    return rows
+
+
+def resolve_checkpoint(run_dir: Path, spec: str) -> Path:
+    """`3`, `ckpt_003`, `init` or `step_0000005` -> the checkpoint folder (UserError if none)."""
+    from llm360.errors import UserError
+
+    root = Path(run_dir) / "checkpoints"
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    spec = str(spec).strip()
+    wanted = None
+    if spec.isdigit():
+        for name in names:
+            if natural_index(name, "ckpt_") == int(spec):
+                wanted = name
+    elif spec in names and checkpoint_order(spec, 1) is not None:
+        wanted = spec
+    elif spec.startswith("ckpt_") and spec[5:].isdigit():
+        for name in names:
+            if natural_index(name, "ckpt_") == int(spec[5:]):
+                wanted = name
+    if wanted is None:
+        known = ", ".join(n for n in names if checkpoint_order(n, 1) is not None) or "none"
+        raise UserError(f"{run_dir} has no checkpoint {spec!r}; checkpoints: {known}")
+    return root / wanted
+
+
+# -- model --------------------------------------------------------------------------------------
+
+
+def model_facts(run_dir: Path, facts: Facts) -> dict:
+    """Architecture and parameter count, from a checkpoint's config.json (else from the config)."""
+    from llm360.model.llama import num_params
+
+    args = None
+    for row in reversed(facts.checkpoints):
+        try:
+            from llm360.model.hf import load_args
+
+            args = load_args(run_dir / "checkpoints" / row["name"])
+            break
+        except Exception:  # a damaged config.json: try an older checkpoint
+            continue
+    preset = _section(facts.config, "model").get("preset")
+    if args is None:
+        args = _args_from_config(facts)
+    if args is None:
+        return {"preset": preset}
+    return {
+        "preset": preset,
+        "vocab_size": args.vocab_size,
+        "dim": args.dim,
+        "n_layers": args.n_layers,
+        "n_heads": args.n_heads,
+        "n_kv_heads": args.n_kv_heads,
+        "head_dim": args.head_dim,
+        "ffn_dim": args.ffn_dim,
+        "max_seq_len": args.max_seq_len,
+        "rope_theta": args.rope_theta,
+        "norm_eps": args.norm_eps,
+        "tie_embeddings": args.tie_embeddings,
+        "parameters": num_params(args),
+        "parameters_without_embedding": num_params(args, exclude_embedding=True),
+    }
+
+
+def _args_from_config(facts: Facts):
+    from llm360.model.llama import model_args
+
+    model_cfg = _section(facts.config, "model")
+    overrides = {k: v for k, v in model_cfg.items() if k != "preset" and v is not None}
+    vocab = (facts.manifest.get("tokenizer") or {}).get("vocab_size") if isinstance(
+        facts.manifest.get("tokenizer"), dict) else None
+    if vocab and "vocab_size" not in overrides:
+        overrides["vocab_size"] = vocab
+    try:
+        return model_args(str(model_cfg.get("preset") or "demo"), **overrides)
+    except Exception:
+        return None
+
+
+# -- the rows of step 0 ----------------------------------------------------------------------------
+
+
+def first_batch(facts: Facts, max_rows: int = FIRST_BATCH_ROWS) -> list[dict]:
+    """The first rows that step 0 trained on, decoded, with their documents (SPEC.md 4).
+
+    Returns [] when the data cannot be read; this is an illustration, never a check.
+    """
+    try:
+        return _first_batch(facts, max_rows)
+    except Exception:
+        return []
+
+
+def _first_batch(facts: Facts, max_rows: int) -> list[dict]:
+    import numpy as np
+
+    if not facts.chunks:
+        return []
+    chunk = facts.chunks[0]
+    data = facts.run_dir / "data"
+    file = _inside(data, chunk.get("file") or "chunks/chunk_000.npy")
+    if file is None:
+        return []
+    rows = np.load(file, mmap_mode="r", allow_pickle=False)
+    n = min(max_rows, facts.batch_rows, rows.shape[0])
+    tokenizer = _tokenizer(data / "tokenizer" / "tokenizer.json")
+    spans = _spans(data, chunk, n)
+    documents = _documents(data, {d for s in spans.values() for d in s})
+    out = []
+    for row in range(n):
+        ids = [int(t) for t in rows[row]]
+        docs = [documents.get(d, {"doc_id": d}) for d in spans.get(row, [])]
+        sources = sorted({str(d["source"]) for d in docs if d.get("source") is not None})
+        out.append({
+            "chunk": int(chunk.get("index", 0)),
+            "row": row,
+            "sources": sources,
+            "documents": docs[:6],
+            "text": tokenizer.decode(ids, skip_special_tokens=False) if tokenizer else None,
+            "tokens": len(ids),
+        })
+    return out
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    from llm360.release.files import unsafe_path
+
+    if unsafe_path(rel) is not None:
+        return None
+    path = root / rel
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    return path if path.is_file() else None
+
+
+def _tokenizer(path: Path):
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def _spans(data: Path, chunk: dict, n_rows: int) -> dict[int, list]:
+    rel = chunk.get("spans_file") or str(chunk.get("file", "")).replace(".npy", ".spans.parquet")
+    path = _inside(data, rel)
+    if path is None:
+        return {}
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["row", "doc_id"]).to_pylist()
+    out: dict[int, list] = {}
+    for item in table:
+        if item["row"] < n_rows and item["doc_id"] not in out.setdefault(item["row"], []):
+            out[item["row"]].append(item["doc_id"])
+    return out
+
+
+def _documents(data: Path, wanted: set) -> dict:
+    path = data / "documents.parquet"
+    if not wanted or not path.is_file() or path.is_symlink():
+        return {}
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    columns = [c for c in ("doc_id", "source", "uri") if c in schema.names]
+    out = {}
+    for item in pq.read_table(path, columns=columns).to_pylist():
+        if item.get("doc_id") in wanted:
+            out[item["doc_id"]] = item
+    return out

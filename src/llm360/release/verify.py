@@ -1,0 +1,430 @@
+"""`llm360 verify RUN`: every byte of a release checked against release.json (SPEC.md section 7).
+
+    findings = verify(run_dir)      # [] when the release verifies; else one line per problem
+
+What is checked:
+  files        every file listed is there, with its size and sha256; no file is missing or extra
+  paths        no listed path leaves RUN (`..`, absolute); no symbolic link or special file is in
+               RUN; none of them is followed or opened
+  data         the chunk files match data/manifest.json (hashes, count against the stages), and
+               the data fingerprint recomputed from the manifest matches the manifest and release.json
+  checkpoints  the checkpoint table matches the folders (names, steps, tokens), every checkpoint
+               matches its CHECKSUMS.sha256, and each was trained on this data (fingerprint)
+  config       run.yaml hashes to release.json's config_sha256
+
+Each finding names the file it is about. The run directory is read as data: JSON and text only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llm360.errors import UserError
+from llm360.release.facts import checkpoint_order
+from llm360.release.files import (RELEASE_FILE, RELEASE_FORMAT, Scan, hash_files, link_leaves, scan_tree,
+                                  through_link, unsafe_path)
+
+MAX_JSON_BYTES = 1 << 30  # a manifest or release.json beyond this is not read
+
+
+@dataclass
+class Finding:
+    path: str  # the file (or folder) the finding is about, relative to RUN
+    kind: str  # changed, missing, extra, unsafe, inconsistent, invalid
+    message: str
+
+    def __str__(self) -> str:
+        return f"{shown(self.path)}: {self.message}"
+
+
+@dataclass
+class Verification:
+    run: str
+    files: int = 0  # files listed in release.json
+    bytes: int = 0  # bytes hashed
+    checkpoints: int = 0
+    chunks: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return not self.findings
+
+    def counts(self) -> dict:
+        out = {"files": self.files, "bytes": self.bytes, "checkpoints": self.checkpoints, "chunks": self.chunks,
+               "findings": len(self.findings)}
+        for f in self.findings:
+            out[f.kind] = out.get(f.kind, 0) + 1
+        return out
+
+    def to_json(self) -> dict:
+        return {"run": self.run, "verified": self.verified, "counts": self.counts(),
+                "findings": [{**asdict(f), "text": str(f)} for f in self.findings]}
+
+
+def shown(path: str) -> str:
+    """A path from a stranger, printable: control characters and the like as escapes."""
+    return path if path.isprintable() else ascii(path)[1:-1]
+
+
+# -- reading files that the scan found ---------------------------------------------------------
+
+
+def _read_bytes(run_dir: Path, rel: str, scan: Scan, limit: int = MAX_JSON_BYTES) -> bytes | None:
+    st = scan.files.get(rel)
+    if st is None or st.st_size > limit:
+        return None
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(run_dir / rel, flags)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit + 1)[:limit]
+
+
+def _read_json(run_dir: Path, rel: str, scan: Scan, findings: list[Finding] | None = None):
+    data = _read_bytes(run_dir, rel, scan)
+    if data is None:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        if findings is not None:
+            findings.append(Finding(rel, "invalid", f"not valid JSON ({str(e)[:80]})"))
+        return None
+
+
+def _read_checksums(run_dir: Path, rel: str, scan: Scan) -> dict[str, str] | None:
+    data = _read_bytes(run_dir, rel, scan)
+    if data is None:
+        return None
+    out = {}
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        digest, sep, name = line.partition("  ")
+        if sep and name:
+            out[name] = digest
+    return out
+
+
+# -- the checks -------------------------------------------------------------------------------
+
+
+def check(run_dir: str | Path, progress: bool = False) -> Verification:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory")
+    result = Verification(run=str(run_dir))
+    findings = result.findings
+    scan = scan_tree(run_dir)
+
+    for rel, target in sorted(scan.links.items()):
+        where = "outside RUN" if link_leaves(run_dir, rel, target) else "inside RUN"
+        findings.append(Finding(rel, "unsafe", f"symbolic link to {shown(target)} ({where}); not followed"))
+    for rel, what in sorted(scan.odd.items()):
+        findings.append(Finding(rel, "unsafe", f"{what}, not a regular file; not opened"))
+
+    record = _load_release(run_dir, scan, findings)
+    listed = _check_listing(record, scan, findings) if record is not None else {}
+    result.files = len(listed)
+
+    # hash every regular file once; the consistency checks reuse the hashes
+    hashes = hash_files(run_dir, scan.files, progress=progress, label="verifying")
+    result.bytes = sum(scan.files[rel].st_size for rel in hashes)
+    for rel, entry in sorted(listed.items()):
+        st = scan.files.get(rel)
+        if st is None:
+            continue  # reported by the listing check
+        if rel not in hashes:
+            findings.append(Finding(rel, "unsafe", "could not be read"))
+        elif st.st_size != entry.get("bytes"):
+            findings.append(Finding(rel, "changed", f"{st.st_size} bytes, release.json says {entry.get('bytes')}"))
+        elif hashes[rel] != entry.get("sha256"):
+            findings.append(Finding(rel, "changed", "sha256 differs from release.json"))
+
+    findings += consistency(run_dir, record, scan, hashes)
+    result.checkpoints = len({_checkpoint_of(rel) for rel in scan.files} - {None})
+    manifest = _read_json(run_dir, "data/manifest.json", scan)
+    result.chunks = len(manifest.get("chunks") or []) if isinstance(manifest, dict) else 0
+    result.findings = _unique(findings)
+    return result
+
+
+def verify(run_dir: str | Path, progress: bool = False) -> list[str]:
+    """The findings on a release, one line each naming its file; [] when it verifies."""
+    return [str(f) for f in check(run_dir, progress=progress).findings]
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    seen, out = set(), []
+    for f in findings:
+        key = (f.path, f.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def _load_release(run_dir: Path, scan: Scan, findings: list[Finding]) -> dict | None:
+    if RELEASE_FILE in scan.links:
+        return None  # already a finding: a link is never followed
+    if RELEASE_FILE not in scan.files:
+        findings.append(Finding(RELEASE_FILE, "missing", "no release.json: run `llm360 release RUN` first"))
+        return None
+    record = _read_json(run_dir, RELEASE_FILE, scan, findings)
+    if record is None:
+        if not any(f.path == RELEASE_FILE for f in findings):
+            findings.append(Finding(RELEASE_FILE, "invalid", "could not be read"))
+        return None
+    if not isinstance(record, dict):
+        findings.append(Finding(RELEASE_FILE, "invalid", "not a JSON object"))
+        return None
+    if record.get("format") != RELEASE_FORMAT:
+        findings.append(Finding(RELEASE_FILE, "invalid",
+                                f"format is {shown(repr(record.get('format')))}, expected {RELEASE_FORMAT!r}"))
+    if not isinstance(record.get("files"), list):
+        findings.append(Finding(RELEASE_FILE, "invalid", "has no `files` list"))
+        return None
+    return record
+
+
+def _check_listing(record: dict, scan: Scan, findings: list[Finding]) -> dict[str, dict]:
+    """Paths in release.json against the walk: unsafe, duplicated, missing and extra files."""
+    listed: dict[str, dict] = {}
+    for i, entry in enumerate(record["files"]):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        why = unsafe_path(path)
+        if why is not None:
+            name = path if isinstance(path, str) and path else f"{RELEASE_FILE} files[{i}]"
+            findings.append(Finding(name, "unsafe", f"listed in release.json but {why}; not opened"))
+            continue
+        if path == RELEASE_FILE:
+            findings.append(Finding(path, "invalid", "release.json lists itself"))
+            continue
+        if path in listed:
+            findings.append(Finding(path, "invalid", "listed twice in release.json"))
+            continue
+        listed[path] = entry
+        link = through_link(scan, path)
+        if link is not None:
+            findings.append(Finding(path, "unsafe", f"reached through the symbolic link {shown(link)}; not followed"))
+        elif path in scan.odd:
+            pass  # reported with the scan
+        elif path not in scan.files:
+            findings.append(Finding(path, "missing", "listed in release.json but missing"))
+    for rel in sorted(set(scan.files) - set(listed) - {RELEASE_FILE}):
+        findings.append(Finding(rel, "extra", "not listed in release.json (an extra file)"))
+    return listed
+
+
+def consistency(run_dir: Path, record: dict | None, scan: Scan, hashes: dict[str, str]) -> list[Finding]:
+    """Checks between the parts of a run: manifest vs chunks, checkpoints vs their checksums and the
+    table, fingerprints and config hash against release.json. Used by verify and before a release."""
+    findings: list[Finding] = []
+    record = record or {}
+    run_dir = Path(run_dir)
+
+    if "run.yaml" in hashes and record and record.get("config_sha256") != hashes["run.yaml"]:
+        findings.append(Finding("run.yaml", "inconsistent", "sha256 differs from release.json's config_sha256"))
+    if "run.yaml" not in scan.files:
+        findings.append(Finding("run.yaml", "missing", "the run's config is missing"))
+
+    manifest = _read_json(run_dir, "data/manifest.json", scan, findings)
+    fingerprint = _check_data(run_dir, manifest, record, scan, hashes, findings)
+    _check_checkpoints(run_dir, record, scan, hashes, fingerprint, findings)
+    return findings
+
+
+def _chunk_path(file: str) -> str:
+    return file if file.startswith("data/") else f"data/{file}"
+
+
+def _check_data(run_dir: Path, manifest, record: dict, scan: Scan, hashes: dict[str, str],
+                findings: list[Finding]) -> str | None:
+    """Chunks against the manifest; returns the manifest's fingerprint when it holds."""
+    m = "data/manifest.json"
+    if manifest is None:
+        if m not in scan.files and not any(f.path == m for f in findings):
+            findings.append(Finding(m, "missing", "the data manifest is missing"))
+        return None
+    if not isinstance(manifest, dict):
+        findings.append(Finding(m, "invalid", "not a JSON object"))
+        return None
+    chunks = manifest.get("chunks") if isinstance(manifest.get("chunks"), list) else []
+    stages = manifest.get("stages") if isinstance(manifest.get("stages"), list) else []
+    named: set[str] = set()
+    for i, chunk in enumerate(chunks):
+        if not isinstance(chunk, dict):
+            findings.append(Finding(m, "invalid", f"chunk {i} is not an object"))
+        elif chunk.get("index", i) != i:
+            findings.append(Finding(m, "inconsistent", f"chunk {i} has index {chunk.get('index')}"))
+    for what, file, digest in _manifest_files(manifest):
+        why = unsafe_path(file)
+        if why is not None:
+            findings.append(Finding(m, "unsafe", f"{what}: {shown(str(file))} {why}; not opened"))
+            continue
+        rel = _chunk_path(file)
+        named.add(rel)
+        if rel not in scan.files:
+            findings.append(Finding(rel, "missing", f"{what} in data/manifest.json, but the file is missing"))
+        elif rel in hashes and hashes[rel] != digest:
+            findings.append(Finding(rel, "inconsistent", f"sha256 differs from data/manifest.json ({what})"))
+    for rel in sorted(scan.files):
+        if rel.startswith("data/chunks/") and rel not in named and (rel.endswith(".npy") or rel.endswith(".parquet")):
+            findings.append(Finding(rel, "extra", "a chunk file that data/manifest.json does not list"))
+    planned = sum(s.get("chunks", 0) for s in stages if isinstance(s, dict) and isinstance(s.get("chunks"), int))
+    if stages and planned != len(chunks):
+        findings.append(Finding(m, "inconsistent", f"{len(chunks)} chunks listed, the stages make {planned}"))
+    released = (record.get("data") or {}).get("chunks") if isinstance(record.get("data"), dict) else None
+    if record and released is not None and released != len(chunks):
+        findings.append(Finding(m, "inconsistent", f"{len(chunks)} chunks, release.json says {released}"))
+
+    fingerprint = manifest.get("fingerprint")
+    recomputed = _recompute_fingerprint(manifest)
+    if recomputed is not None and recomputed != fingerprint:
+        findings.append(Finding(m, "inconsistent", "the fingerprint recomputed from the manifest differs from the "
+                                                   "one it records"))
+        fingerprint = None
+    if record and record.get("data_fingerprint") != manifest.get("fingerprint"):
+        findings.append(Finding(m, "inconsistent", "its fingerprint differs from release.json's data_fingerprint"))
+    return fingerprint
+
+
+def _recompute_fingerprint(manifest: dict) -> str | None:
+    try:
+        from llm360.data.store import compute_fingerprint
+    except ImportError:
+        return None
+    try:
+        return compute_fingerprint(manifest)
+    except Exception as e:  # a malformed manifest
+        return f"(cannot be computed: {type(e).__name__})"
+
+
+def _manifest_files(manifest: dict):
+    """(what, path under data/, sha256) of every file the manifest hashes."""
+    def entry(what: str, item: object, key: str = "file", digest: str = "sha256"):
+        if isinstance(item, dict) and (item.get(key) is not None or item.get(digest) is not None):
+            yield what, item.get(key), item.get(digest)
+
+    yield from entry("the tokenizer", manifest.get("tokenizer"))
+    yield from entry("the documents", manifest.get("documents"))
+    for i, chunk in enumerate(manifest.get("chunks") or []):
+        yield from entry(f"chunk {i}", chunk)
+        yield from entry(f"chunk {i} spans", chunk, "spans_file", "spans_sha256")
+    for item in manifest.get("heldout") or []:
+        name = item.get("source") if isinstance(item, dict) else "?"
+        yield from entry(f"held-out rows of {name}", item)
+        yield from entry(f"held-out spans of {name}", item, "spans_file", "spans_sha256")
+
+
+def _checkpoint_of(rel: str) -> str | None:
+    parts = rel.split("/")
+    if len(parts) >= 3 and parts[0] == "checkpoints" and checkpoint_order(parts[1], 1) is not None:
+        return parts[1]
+    return None
+
+
+def _check_checkpoints(run_dir: Path, record: dict, scan: Scan, hashes: dict[str, str], fingerprint: str | None,
+                       findings: list[Finding]) -> None:
+    folders: dict[str, list[str]] = {}
+    for rel in scan.files:
+        name = _checkpoint_of(rel)
+        if name is not None:
+            folders.setdefault(name, []).append(rel)
+    manifest = _read_json(run_dir, "data/manifest.json", scan)
+    spc = manifest.get("steps_per_chunk") if isinstance(manifest, dict) else None
+    tokens_per_step = None
+    if isinstance(manifest, dict) and isinstance(manifest.get("global_batch_rows"), int) \
+            and isinstance(manifest.get("seq_len"), int):
+        tokens_per_step = manifest["global_batch_rows"] * manifest["seq_len"]
+
+    for name, files in sorted(folders.items()):
+        base = f"checkpoints/{name}"
+        sums = _read_checksums(run_dir, f"{base}/CHECKSUMS.sha256", scan)
+        if sums is None:
+            findings.append(Finding(f"{base}/CHECKSUMS.sha256", "missing", "the checkpoint has no checksums "
+                                                                          "(an incomplete write)"))
+            continue
+        present = {rel[len(base) + 1:] for rel in files} - {"CHECKSUMS.sha256"}
+        for inner, digest in sorted(sums.items()):
+            why = unsafe_path(inner)
+            if why is not None:
+                findings.append(Finding(f"{base}/CHECKSUMS.sha256", "unsafe", f"lists {shown(inner)}, which {why}"))
+            elif inner not in present:
+                findings.append(Finding(f"{base}/{inner}", "missing", "in the checkpoint's CHECKSUMS.sha256 but missing"))
+            elif hashes.get(f"{base}/{inner}") != digest:
+                findings.append(Finding(f"{base}/{inner}", "inconsistent", "sha256 differs from the checkpoint's "
+                                                                          "CHECKSUMS.sha256"))
+        for inner in sorted(present - set(sums)):
+            findings.append(Finding(f"{base}/{inner}", "extra", "not in the checkpoint's CHECKSUMS.sha256"))
+        state = _read_json(run_dir, f"{base}/trainer_state/state.json", scan)
+        if isinstance(state, dict) and fingerprint and state.get("fingerprint") not in (None, fingerprint):
+            findings.append(Finding(f"{base}/trainer_state/state.json", "inconsistent",
+                                    "trained on data with another fingerprint than data/manifest.json's"))
+
+    if not record:
+        return
+    table = record.get("checkpoints")
+    if not isinstance(table, list):
+        findings.append(Finding(RELEASE_FILE, "invalid", "has no checkpoint table"))
+        return
+    in_table = set()
+    for row in table:
+        name = row.get("name") if isinstance(row, dict) else None
+        if not isinstance(name, str) or checkpoint_order(name, 1) is None:
+            findings.append(Finding(RELEASE_FILE, "invalid", f"checkpoint table entry {shown(str(name))} is not a "
+                                                             "checkpoint name"))
+            continue
+        in_table.add(name)
+        base = f"checkpoints/{name}"
+        if name not in folders:
+            findings.append(Finding(base, "missing", "in release.json's checkpoint table, but the folder is missing"))
+            continue
+        if isinstance(spc, int) and spc > 0:
+            steps = checkpoint_order(name, spc)[0]
+            if row.get("step") != steps or row.get("chunks_seen") != steps // spc:
+                findings.append(Finding(base, "inconsistent", f"release.json says step {row.get('step')}, chunks_seen "
+                                                              f"{row.get('chunks_seen')}; the name means step {steps}"))
+        state = _read_json(run_dir, f"{base}/trainer_state/state.json", scan)
+        if isinstance(state, dict):
+            tokens = state.get("tokens")
+            if tokens is None and isinstance(spc, int) and tokens_per_step:
+                tokens = checkpoint_order(name, spc)[0] * tokens_per_step
+            if tokens is not None and row.get("tokens") != tokens:
+                findings.append(Finding(base, "inconsistent", f"release.json says {row.get('tokens')} tokens, the "
+                                                              f"checkpoint's state says {tokens}"))
+    for name in sorted(set(folders) - in_table):
+        findings.append(Finding(f"checkpoints/{name}", "extra", "a checkpoint not in release.json's checkpoint table"))
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def cli_verify(args) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    result = check(Path(args.run), progress=not args.json)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0 if result.verified else 1
+    console = Console(highlight=False, soft_wrap=True)  # one finding per line, whatever the width
+    c = result.counts()
+    kinds = ", ".join(f"{c[k]} {k}" for k in ("changed", "missing", "extra", "unsafe", "inconsistent", "invalid")
+                      if c.get(k))
+    console.print(f"[bold]llm360 verify[/bold] {escape(result.run)}")
+    console.print(f"  files        {c['files']} listed in release.json, {c['bytes'] / 1e6:,.1f} MB hashed")
+    console.print(f"  data         {c['chunks']} chunks")
+    console.print(f"  checkpoints  {c['checkpoints']}")
+    console.print(f"  findings     {c['findings']}" + (f" ({kinds})" if kinds else ""))
+    for f in result.findings:
+        console.print(f"  [red]x[/red] {escape(str(f))}  [dim]({f.kind})[/dim]")
+    if result.verified:
+        console.print("[bold green]verified[/bold green]: every file matches release.json and the run is consistent")
+        return 0
+    console.print(f"[bold red]not verified[/bold red]: {len(result.findings)} finding(s)")
+    return 1
