@@ -67,7 +67,7 @@ PRESETS: dict[str, ModelArgs] = {
     "tiny": ModelArgs(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=192,
                       max_seq_len=256, tie_embeddings=True),
     # the default run: learns something real in a few minutes on 2 CPU cores in fp32
-    "demo": ModelArgs(vocab_size=4096, dim=256, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=688,
+    "demo": ModelArgs(vocab_size=4096, dim=192, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=512,
                       max_seq_len=512, tie_embeddings=True),
     # the 1.1B LLaMA of the throughput baselines (TinyLlama shape)
     "1b": ModelArgs(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from llm360.config import load_config, load_run_config
+from llm360.config import load_config, load_run_config, to_dict
 from llm360.errors import UserError
 
 console = Console(stderr=True)
@@ -30,6 +30,19 @@ def _optional(module: str):
         raise
 
 
+def _differences(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _release_verifies(run_dir: Path) -> bool:
+    verify = _optional("llm360.release.verify")
+    return verify is not None and not verify.verify(run_dir)
+
+
 def run_pipeline(config: str | None, out: str | None, overrides: list[str]) -> dict:
     from llm360.data.prepare import prepare
 
@@ -39,6 +52,17 @@ def run_pipeline(config: str | None, out: str | None, overrides: list[str]) -> d
     summary: dict = {"run": str(run_dir)}
 
     console.rule(f"[bold]llm360 run[/] {cfg.name} -> {run_dir}")
+    if (run_dir / "run.yaml").exists():
+        recorded = load_run_config(run_dir)
+        changed = _differences(to_dict(recorded), to_dict(cfg))
+        if changed:
+            console.print(f"[yellow]note:[/] {run_dir}/run.yaml is the record of this run and is kept; "
+                          f"the config given now differs in {', '.join(changed[:8])}")
+        if (run_dir / "release.json").exists() and _release_verifies(run_dir):
+            console.print(f"{run_dir} is complete and its release verifies: nothing to do")
+            summary.update(seconds=round(time.perf_counter() - started, 1), did_nothing=True,
+                           report=str(run_dir / "report" / "index.html"))
+            return summary
     console.print("[bold]1. prepare[/]")
     prepare(cfg, run_dir)
     cfg = load_run_config(run_dir)
