@@ -64,12 +64,15 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--score-requests", type=int, default=128)
     p.add_argument("--score-batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,score")
     p.add_argument("--json", default=None, help="write the results to this path")
     opt = p.parse_args()
 
     from transformers import AutoModelForCausalLM
 
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
     torch.manual_seed(0)
     dev = opt.device
     overrides = {"vocab_size": opt.vocab}

@@ -114,7 +114,8 @@ def test_score_tokens_matches_transformers(setup):
     greedy = generate(model, [PROMPTS[0]], 5)[0]
     pairs = [(PROMPTS[0], greedy)]  # greedy continuation: is_greedy must be True
     for n_ctx, n_cont in [(3, 4), (10, 1), (1, 9), (25, 6), (args.max_seq_len + 20, 7)]:  # the last one is truncated
-        pairs.append((torch.randint(0, args.vocab_size, (n_ctx,)).tolist(), torch.randint(0, args.vocab_size, (n_cont,)).tolist()))
+        pairs.append((torch.randint(0, args.vocab_size, (n_ctx,)).tolist(),
+                      torch.randint(0, args.vocab_size, (n_cont,)).tolist()))
     pairs.append((PROMPTS[1], []))
     ours = score_tokens(model, pairs, batch_size=3)
     ref = reference_scores(hf, pairs[:-1], args.max_seq_len)

@@ -93,12 +93,12 @@ def test_loads_folders_saved_by_transformers(tmp_path, tied, sharded):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                      rms_norm_eps=1e-6, tie_word_embeddings=tied)
+                                      rms_norm_eps=1e-6, rope_theta=50000.0, tie_word_embeddings=tied)
     hf = transformers.LlamaForCausalLM(config).eval()
     hf.save_pretrained(tmp_path, max_shard_size="40KB" if sharded else "5GB")
     assert (tmp_path / "model.safetensors.index.json").exists() == sharded
     model, args = load_hf(tmp_path)
-    assert args.tie_embeddings == tied and args.n_kv_heads == 2 and args.norm_eps == 1e-6
+    assert args.tie_embeddings == tied and args.n_kv_heads == 2 and args.norm_eps == 1e-6 and args.rope_theta == 50000.0
     x = torch.randint(0, 300, (2, 20))
     with torch.no_grad():
         assert (model(x) - hf(x).logits).abs().max() <= 1e-4
@@ -209,3 +209,17 @@ def test_bf16_weights_save_as_bf16(tmp_path):
     x = torch.randint(0, args.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_weight_file_problems(tmp_path):
+    model, args = tiny_model()
+    save_hf(model, args, tmp_path, max_shard_bytes=100_000)
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(UserError, match=f"lacks the weight file {shard.name}"):
+        load_hf(tmp_path)
+    for f in tmp_path.glob("model*"):
+        f.unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(UserError, match="safetensors files only"):
+        load_hf(tmp_path)

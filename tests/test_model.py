@@ -22,7 +22,8 @@ def test_amber_7b_has_llama_7b_parameter_count():
     assert meta_count("amber-7b") == 6_738_415_616
     assert num_params(model_args("amber-7b")) == 6_738_415_616
     a = PRESETS["amber-7b"]
-    assert (a.n_layers, a.dim, a.n_heads, a.n_kv_heads, a.ffn_dim, a.norm_eps, a.tie_embeddings) == (32, 4096, 32, 32, 11008, 1e-6, False)
+    shape = (a.n_layers, a.dim, a.n_heads, a.n_kv_heads, a.ffn_dim, a.norm_eps, a.tie_embeddings)
+    assert shape == (32, 4096, 32, 32, 11008, 1e-6, False)
 
 
 def test_1b_count_and_flops():

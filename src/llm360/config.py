@@ -372,6 +372,16 @@ def _section_of(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
+def differences(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees (plain dicts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix]
+
+
 def to_dict(cfg: RunConfig) -> dict:
     return cfg.model_dump(mode="json")
 

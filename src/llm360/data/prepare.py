@@ -35,7 +35,7 @@ import shutil
 import time
 from pathlib import Path
 
-from llm360.config import load_config, load_run_config
+from llm360.config import differences, load_config, load_run_config
 from llm360.data import sources as S
 from llm360.data.assemble import assemble, seeded_rng
 from llm360.data.encode import (
@@ -98,15 +98,6 @@ def plan_id(cfg, plan: S.Plan) -> str:
         "units": plan.identity(),
     }
     return hashlib.sha256(_canonical(ident).encode()).hexdigest()
-
-
-def _differences(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [] if a == b else [prefix]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +473,7 @@ def _already_prepared(cfg, run_dir: Path, manifest_path: Path, summary: bool) ->
         diffs: list[str] = []
         if (run_dir / "run.yaml").exists():
             with contextlib.suppress(UserError):
-                diffs = _differences(data_identity(load_run_config(run_dir)), data_identity(cfg))
+                diffs = differences(data_identity(load_run_config(run_dir)), data_identity(cfg))
         what = f" (differs in {', '.join(diffs[:6])})" if diffs else ""
         raise UserError(
             f"{run_dir / 'data'} was prepared from another config{what}; use another --out, or delete "

@@ -139,7 +139,8 @@ def score_tokens(model, pairs: list[tuple[list[int], list[int]]], batch_size: in
         if not ctx:
             raise UserError(f"request {i} has an empty context; give at least one token (e.g. BOS).")
         if len(cont) > max_len:
-            raise UserError(f"request {i} has a continuation of {len(cont)} tokens, more than the model context of {max_len}.")
+            raise UserError(f"request {i} has a continuation of {len(cont)} tokens, "
+                            f"more than the model context of {max_len}.")
         inputs.append((list(ctx) + list(cont))[-(max_len + 1):][:-1])
         conts.append(list(cont))
 
@@ -178,7 +179,8 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(enc.ids if hasattr(enc, "ids") else enc)  # tokenizers.Tokenizer or a HF tokenizer
 
 
-def encode_request(tokenizer, context: str, continuation: str, prefix_token_id: int | None = None) -> tuple[list[int], list[int]]:
+def encode_request(tokenizer, context: str, continuation: str,
+                   prefix_token_id: int | None = None) -> tuple[list[int], list[int]]:
     """Context and continuation tokens as lm-evaluation-harness 0.4 makes them for HF models."""
     if context == "":
         if prefix_token_id is None:

@@ -77,7 +77,8 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[st
     return {hf: flat[ours].detach().to("cpu").contiguous() for ours, hf in names.items()}
 
 
-def from_hf_state_dict(tensors: dict[str, torch.Tensor], args: ModelArgs, where: str = "the checkpoint") -> dict[str, torch.Tensor]:
+def from_hf_state_dict(tensors: dict[str, torch.Tensor], args: ModelArgs,
+                       where: str = "the checkpoint") -> dict[str, torch.Tensor]:
     """HF-named tensors -> llm360 state dict, names and shapes checked against the config first."""
     tensors = {name: t for name, t in tensors.items() if not IGNORED.fullmatch(name)}
     if args.tie_embeddings:
@@ -178,7 +179,8 @@ def save_hf(
             _write_safetensors(folder / file, shard)
             weight_map.update({name: file for name in shard})
         total = sum(t.numel() * t.element_size() for t in tensors.values())
-        _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _write_json(folder / "model.safetensors.index.json", index)
 
     if tokenizer_dir is not None:
         found = [f for f in TOKENIZER_FILES if (Path(tokenizer_dir) / f).is_file()]
@@ -252,7 +254,8 @@ def load_args(folder: str | os.PathLike) -> ModelArgs:
     except KeyError as e:
         raise UserError(f"{path} lacks the key {e.args[0]!r} that a llama config needs.") from None
     if c.get("head_dim") not in (None, args.head_dim):
-        raise UserError(f"{path} has head_dim {c['head_dim']} but llm360 needs hidden_size / num_attention_heads = {args.head_dim}.")
+        raise UserError(f"{path} has head_dim {c['head_dim']} but llm360 needs "
+                        f"hidden_size / num_attention_heads = {args.head_dim}.")
     return args
 
 

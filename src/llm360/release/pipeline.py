@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from llm360.config import load_config, load_run_config, to_dict
+from llm360.config import differences, load_config, load_run_config, to_dict
 from llm360.errors import UserError
 
 console = Console(stderr=True)
@@ -28,14 +28,6 @@ def _optional(module: str):
         if e.name == module:
             return None
         raise
-
-
-def _differences(a, b, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config trees."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b))
-        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _release_verifies(run_dir: Path) -> bool:
@@ -54,7 +46,7 @@ def run_pipeline(config: str | None, out: str | None, overrides: list[str]) -> d
     console.rule(f"[bold]llm360 run[/] {cfg.name} -> {run_dir}")
     if (run_dir / "run.yaml").exists():
         recorded = load_run_config(run_dir)
-        changed = _differences(to_dict(recorded), to_dict(cfg))
+        changed = differences(to_dict(recorded), to_dict(cfg))
         if changed:
             console.print(f"[yellow]note:[/] {run_dir}/run.yaml is the record of this run and is kept; "
                           f"the config given now differs in {', '.join(changed[:8])}")

@@ -27,6 +27,7 @@ class Records:
         self.dir = Path(run_dir) / "metrics"
         self.enabled = enabled
         self.tb = None
+        self._train_file = None
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -45,19 +46,34 @@ class Records:
         return record
 
     def step(self, record: dict) -> None:
+        """One line per step, flushed but not fsynced: `sync()` makes them durable at each
+        checkpoint, and lines after the newest checkpoint are trained (and written) again on
+        resume anyway. An fsync per step costs more than the rest of the bookkeeping."""
         if not self.enabled:
             return
-        append_jsonl(self.dir / "train.jsonl", record)
+        if self._train_file is None:
+            self._train_file = open(self.dir / "train.jsonl", "a", encoding="utf-8")
+        self._train_file.write(json.dumps(record) + "\n")
+        self._train_file.flush()
         if self.tb is not None:
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
                 value = record.get(key)
                 if isinstance(value, (int, float)):
                     self.tb.add_scalar(f"train/{key}", value, record["step"])
 
+    def sync(self) -> None:
+        if self._train_file is not None:
+            os.fsync(self._train_file.fileno())
+        if self.tb is not None:
+            self.tb.flush()
+
     def truncate_steps(self, first_step: int) -> None:
         """Drop train.jsonl lines of steps >= first_step (they are about to be trained again)."""
         if not self.enabled:
             return
+        if self._train_file is not None:
+            self._train_file.close()
+            self._train_file = None
         path = self.dir / "train.jsonl"
         if not path.exists():
             return
@@ -65,6 +81,10 @@ class Records:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def close(self) -> None:
+        if self._train_file is not None:
+            self.sync()
+            self._train_file.close()
+            self._train_file = None
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()

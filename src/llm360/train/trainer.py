@@ -227,39 +227,44 @@ class Trainer:
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def _loop(self, total: int) -> None:
-        spc = self.data.steps_per_chunk
         bar = self._progress_bar(total)
-        extra = set(self.cfg.extra_checkpoint_steps)
         with bar:
             task = bar.add_task("train", total=total, completed=self.progress.steps_done, loss=float("nan"), tps=0.0)
             while self.progress.steps_done < total:
-                step = self.progress.steps_done
-                chunk = step // spc
-                if step % spc == 0:
-                    self._enter_chunk(chunk, step)
-                t0 = time.perf_counter()
-                if step in self.progress.skipped_steps:
-                    record = self._skipped_record(step)
-                else:
-                    record = self._train_step(step)
-                    if record is None:  # rolled back: continue from the restored step
-                        bar.update(task, completed=self.progress.steps_done)
-                        continue
-                self.progress.steps_done = step + 1
-                self.progress.tokens += self.data.global_batch_rows * self.data.seq_len
-                dt = time.perf_counter() - t0
-                record.update(tokens=self.progress.tokens, time=time.time(), step_time=dt)
-                if not record.get("skipped"):
-                    tps = self.data.global_batch_rows * self.data.seq_len / dt
-                    record.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak if self.peak else None)
-                self.records.step(record)
-                bar.update(task, completed=step + 1, loss=record.get("loss") or float("nan"),
-                           tps=record.get("tokens_per_s") or 0.0)
-                done = step + 1
-                if done % spc == 0:
-                    self._checkpoint(ckpt.chunk_checkpoint_name(done // spc - 1, self.data.n_chunks), done)
-                elif done in extra:
-                    self._checkpoint(ckpt.step_checkpoint_name(done), done)
+                self.advance(bar, task)
+
+    def advance(self, bar=None, task=None) -> None:
+        """One global step: train it (or pass over a skipped batch), record it, and write the
+        checkpoint that follows it, if any. After a rollback, the step counter goes back."""
+        spc = self.data.steps_per_chunk
+        step = self.progress.steps_done
+        if step % spc == 0:
+            self._enter_chunk(step // spc, step)
+        t0 = time.perf_counter()
+        if step in self.progress.skipped_steps:
+            record = self._skipped_record(step)
+        else:
+            record = self._train_step(step)
+            if record is None:  # rolled back: continue from the restored step
+                if bar is not None:
+                    bar.update(task, completed=self.progress.steps_done)
+                return
+        self.progress.steps_done = step + 1
+        self.progress.tokens += self.data.global_batch_rows * self.data.seq_len
+        dt = time.perf_counter() - t0
+        record.update(tokens=self.progress.tokens, time=time.time(), step_time=dt)
+        if not record.get("skipped"):
+            tps = self.data.global_batch_rows * self.data.seq_len / dt
+            record.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak if self.peak else None)
+        self.records.step(record)
+        if bar is not None:
+            bar.update(task, completed=step + 1, loss=record.get("loss") or float("nan"),
+                       tps=record.get("tokens_per_s") or 0.0)
+        done = step + 1
+        if done % spc == 0:
+            self._checkpoint(ckpt.chunk_checkpoint_name(done // spc - 1, self.data.n_chunks), done)
+        elif done in self.cfg.extra_checkpoint_steps:
+            self._checkpoint(ckpt.step_checkpoint_name(done), done)
 
     def _enter_chunk(self, chunk: int, step: int) -> None:
         if chunk not in self.verified_chunks:
@@ -367,6 +372,7 @@ class Trainer:
     def _checkpoint(self, name: str, steps_done: int) -> None:
         if self.replaying:
             return
+        self.records.sync()  # the record of every step up to here is durable with the checkpoint
         kill = name in self.cfg.fault_injection.kill_in_checkpoint
         ckpt.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self._state(), self.args,
                              self.data.tokenizer_dir, kill_during_write=kill)
