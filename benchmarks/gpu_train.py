@@ -1,0 +1,203 @@
+"""Training speed on one GPU: llm360's trainer against transformers' compiled LlamaForCausalLM.
+
+In one process, on the same prepared data and the same batches:
+  (a) llm360's real trainer step (Trainer.advance: bf16 autocast over fp32 master weights,
+      fused AdamW, torch.compile per block) on the `1b` preset at sequence 2048, 8 rows a step;
+  (b) transformers' LlamaForCausalLM with the identical config under torch.compile, same
+      precision, optimizer and batches (the baseline of ../shared/ANCHORS.md: 55.7K tokens/s,
+      41% MFU on one H100);
+and prints tokens/s, MFU (ANCHORS.md formula) and peak memory for both, with the ratio. Then it
+looks at the `amber-7b` preset on the one GPU with FSDP2 and full activation checkpointing: it
+estimates the memory first and only tries when the estimate fits (or with --force-7b).
+
+    python benchmarks/gpu_train.py --out "$OUT"        # one H100, under 8 minutes
+    python benchmarks/gpu_train.py --smoke             # CPU, tiny preset, seconds (CI keeps it working)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llm360.cli import main as llm360_main
+from llm360.data.store import RunData
+from llm360.model.hf import hf_config
+from llm360.model.llama import flops_per_token, model_args, num_params
+from llm360.train.parallel import autocast
+from llm360.train.records import peak_flops
+from llm360.train.trainer import Trainer, apply_train_overrides, build_model_args
+
+H100_PEAK = 989e12
+
+
+def prepare(root: Path, *, smoke: bool, steps: int, rows: int, seq: int, vocab: int) -> Path:
+    run = root / "run"
+    overrides = [
+        f"--data.seq_len={seq}", f"--data.tokenizer.vocab_size={vocab}", "--data.heldout_rows=1",
+        "--data.sources=[{name: code, kind: python-code}, {name: docs, kind: python-docs}]",
+        "--data.stages=[{name: s, chunks: 1, mix: {code: 0.8, docs: 0.2}}]",
+        f"--train.global_batch_rows={rows}", f"--train.micro_batch_rows={rows}",
+        f"--train.steps_per_chunk={steps + 1}",  # the chunk's checkpoint is never reached
+        "--eval.every_checkpoint=false", f"--data.workers={os.cpu_count() or 1}",
+    ]
+    if smoke:  # prose only: parsing the docstrings is quicker than tokenizing all the code
+        overrides += ["--data.tokenizer.sample_chars=300000", "--data.sources=[{name: docs, kind: python-docs}]",
+                      "--data.stages=[{name: s, chunks: 1, mix: {docs: 1.0}}]"]
+    assert llm360_main(["prepare", "demo", "--out", str(run), *overrides]) == 0
+    return run
+
+
+def time_steps(step_fn, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step after `warmup` steps (compilation happens there)."""
+    for s in range(warmup):
+        step_fn(s)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for s in range(warmup, steps):
+        step_fn(s)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (steps - warmup)
+
+
+def llm360_trainer(run: Path, preset: str, device: torch.device, compile: bool, steps: int, warmup: int) -> dict:
+    overrides = [f"--model.preset={preset}", f"--train.compile={str(compile).lower()}",
+                 f"--train.device={device.type}", "--train.deterministic=false"]
+    cfg = apply_train_overrides(run, overrides)
+    trainer = Trainer(run, cfg.train, cfg.model, cfg.seed)
+    trainer._build()
+    trainer._write_init()
+    trainer._restore(trainer._newest_valid())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    per_step = time_steps(lambda s: trainer.advance(), steps, warmup, device)
+    trainer.records.close()
+    return _figures(trainer.args, trainer.data, per_step, device, precision=trainer.precision)
+
+
+def transformers_baseline(run: Path, preset: str, device: torch.device, compile: bool, steps: int, warmup: int) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = apply_train_overrides(run, [f"--model.preset={preset}"])
+    data = RunData(run)
+    args = build_model_args(cfg.model, data.vocab_size, data.seq_len)
+    config = LlamaConfig(**{k: v for k, v in hf_config(args).items() if k not in ("architectures", "model_type", "torch_dtype", "dtype")})
+    model = LlamaForCausalLM(config).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                            eps=cfg.train.eps, weight_decay=cfg.train.weight_decay, fused=device.type == "cuda" or None)
+    forward = torch.compile(model) if compile else model
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    n_targets = data.global_batch_rows * data.seq_len
+
+    def step(s: int) -> None:
+        rows = torch.from_numpy(data.rows_at(s)).to(device, non_blocking=True)
+        with autocast(precision, device):
+            logits = forward(input_ids=rows[:, :-1]).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum") / n_targets
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    per_step = time_steps(step, steps, warmup, device)
+    result = _figures(args, data, per_step, device, precision=precision)
+    del model, opt, forward
+    return result
+
+
+def _figures(args, data: RunData, per_step: float, device: torch.device, precision: str) -> dict:
+    tokens = data.global_batch_rows * data.seq_len
+    tps = tokens / per_step
+    peak = peak_flops(device) or (H100_PEAK if device.type == "cuda" else None)
+    return {
+        "tokens_per_s": tps, "step_s": per_step, "precision": precision,
+        "mfu": tps * flops_per_token(args, data.seq_len) / peak if peak else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "parameters": num_params(args),
+    }
+
+
+def amber_7b(run: Path, device: torch.device, force: bool) -> dict:
+    """FSDP2 + full activation checkpointing on one GPU: does the 7B preset fit, and how fast?"""
+    args = model_args("amber-7b")
+    n = num_params(args)
+    # fp32 master weights + fp32 gradients + two fp32 Adam moments = 16 bytes per parameter,
+    # before activations (checkpointed: about one block's worth plus the logits)
+    need = 16 * n / 2**30
+    have = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else 0.0
+    result = {"parameters": n, "estimated_state_gib": need, "device_memory_gib": have}
+    if need > have and not force:
+        return {**result, "fits": False, "reason": f"weights, gradients and AdamW state need ~{need:.0f} GiB in fp32, "
+                                                   f"the GPU has {have:.0f} GiB; use several GPUs (FSDP2 shards them)"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "-m", "llm360.cli", "train", str(run),
+           "--model.preset=amber-7b", "--train.strategy=fsdp", "--train.activation_checkpointing=full",
+           "--train.micro_batch_rows=1", "--train.compile=true", "--train.deterministic=false"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [json.loads(x) for x in (run / "metrics" / "train.jsonl").read_text().splitlines()] if out.returncode == 0 else []
+    if not lines:
+        oom = "out of memory" in out.stderr.lower()
+        return {**result, "fits": False, "reason": "CUDA out of memory" if oom else out.stderr[-2000:]}
+    tps = sorted(r["tokens_per_s"] for r in lines[2:] or lines)[len(lines[2:] or lines) // 2]
+    return {**result, "fits": True, "tokens_per_s": tps, "mfu": tps * flops_per_token(args, 2048) / H100_PEAK}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny preset, a few steps: checks that the script works")
+    p.add_argument("--steps", type=int, default=None, help="timed steps + warmup (default 30 on GPU, 4 in --smoke)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu_train.json (default: $OUT)")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--skip-7b", action="store_true")
+    p.add_argument("--force-7b", action="store_true", help="try the 7B preset even when the estimate says it won't fit")
+    a = p.parse_args()
+    device = torch.device("cpu" if a.smoke or not torch.cuda.is_available() else "cuda")
+    if not a.smoke and device.type != "cuda":
+        p.error("no CUDA device: run with --smoke on a CPU")
+    steps = a.steps or (4 if a.smoke else 30)
+    warmup = a.warmup if a.warmup is not None else (1 if a.smoke else 8)
+    preset, seq, rows, vocab = ("tiny", 64, 4, 512) if a.smoke else ("1b", 2048, 8, 32000)
+    compile = not a.no_compile and not a.smoke
+    results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     "preset": preset, "seq_len": seq, "rows_per_step": rows, "compile": compile,
+                     "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = prepare(Path(tmp), smoke=a.smoke, steps=steps, rows=rows, seq=seq, vocab=vocab)
+        results["llm360"] = llm360_trainer(run, preset, device, compile, steps, warmup)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        results["transformers"] = transformers_baseline(run, preset, device, compile, steps, warmup)
+        results["speedup"] = results["llm360"]["tokens_per_s"] / results["transformers"]["tokens_per_s"]
+        if not a.skip_7b and device.type == "cuda":
+            torch.cuda.empty_cache()
+            results["amber_7b"] = amber_7b(run, device, a.force_7b)
+    print(f"{'':14}{'tokens/s':>12}{'MFU':>8}{'peak GiB':>10}")
+    for name in ("llm360", "transformers"):
+        r = results[name]
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
+        print(f"{name:14}{r['tokens_per_s']:12,.0f}{mfu:>8}{mem:>10}")
+    print(f"llm360 / transformers: {results['speedup']:.2f}x")
+    if "amber_7b" in results:
+        print("amber-7b on one GPU:", json.dumps(results["amber_7b"]))
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "gpu_train.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
