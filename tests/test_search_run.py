@@ -80,10 +80,17 @@ def test_matches_never_cross_rows(run):
 
 
 def test_cli_index_and_search(run, capsys):
+    import shutil
+
     from llm360.cli import main
 
+    shutil.rmtree(run / "analysis" / "search", ignore_errors=True)
     assert main(["index", str(run)]) == 0
     assert "indexed" in capsys.readouterr().err
+    before = (run / "analysis" / "search" / "index.json").read_bytes()
+    assert main(["index", str(run)]) == 0  # built from the same chunks: kept as it is
+    assert "up to date" in capsys.readouterr().err
+    assert (run / "analysis" / "search" / "index.json").read_bytes() == before
     assert main(["search", str(run), " copper owls recite", "--json", "--limit", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] > 3 and len(result["occurrences"]) == 3
