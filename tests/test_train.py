@@ -110,6 +110,17 @@ def test_train_writes_checkpoints_and_records(tiny_run):
     assert kinds[0] == "start" and kinds[-1] == "end"
     assert kinds.count("checkpoint") == 5 and kinds.count("stage_start") == 2
     assert (tiny_run / "env.json").exists()
+    env = json.loads((tiny_run / "env.json").read_text())
+    assert env["world_size"] == 1 and env["torch"] == torch.__version__
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        pass
+    else:  # TensorBoard holds the same numbers as train.jsonl
+        acc = EventAccumulator(str(tiny_run / "metrics" / "tb"))
+        acc.Reload()
+        tb_loss = [e.value for e in acc.Scalars("train/loss")]
+        assert np.allclose(tb_loss, [r["loss"] for r in lines], rtol=1e-6)
     # a finished run does nothing the second time
     assert train(tiny_run)["did_nothing"]
 
