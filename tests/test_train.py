@@ -253,6 +253,20 @@ def test_nan_recovery_is_recorded_and_reproducible(tiny_run, tmp_path, action):
     assert [r["step"] for r in lines if r.get("skipped")] == expected
 
 
+def test_rollback_to_init_starts_from_fresh_optimizer_state(tiny_run, tmp_path):
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_run, twin)
+    # rollback: back to init, step 0 again, step 1 skipped; skip: step 1 computed, not applied.
+    # Either way the updates applied are those of steps 0, 2, 3, ... from the same state.
+    train(tiny_run, "--train.fault_injection.nan_at_steps=[1]", "--train.spike.action=rollback",
+          "--train.spike.skip_batches=1")
+    train(twin, "--train.fault_injection.nan_at_steps=[1]", "--train.spike.action=skip")
+    assert [e for e in events(tiny_run) if e["kind"] == "rollback"][0]["to_checkpoint"] == "init"
+    assert_bitwise_equal(weights(tiny_run, "ckpt_002"), weights(twin, "ckpt_002"))
+
+
 def test_nan_with_stop_action(tiny_run):
     result = train(tiny_run, "--train.fault_injection.nan_at_steps=[4]", "--train.spike.action=stop")
     assert not result["finished"] and result["steps"] == 4

@@ -136,8 +136,11 @@ class Trainer:
             model.to_empty(device=self.dist.device)
         unwrap(model).init_rope(self.dist.device)  # to_empty left the rotary tables garbage
         self.model = model
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
+        self.optimizer = self._new_optimizer()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            param_groups(self.model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
             fused=self.dist.device.type == "cuda" or None)
 
     def _state(self) -> dict:
@@ -159,6 +162,8 @@ class Trainer:
             dist.barrier()
 
     def _restore(self, info: ckpt.CheckpointInfo) -> None:
+        if info.name == "init":  # no optimizer state yet: start from fresh moments (matters on a rollback)
+            self.optimizer = self._new_optimizer()
         state = ckpt.load_checkpoint(info.path, self.model, self.optimizer if info.name != "init" else None)
         if state.get("fingerprint") not in (None, self.data.fingerprint):
             raise UserError(f"checkpoint {info.name} was trained on data with fingerprint {state['fingerprint'][:12]}, "
