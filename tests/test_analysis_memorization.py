@@ -248,3 +248,20 @@ def test_damaged_checkpoint_is_skipped(run, tmp_path, capsys):
     result = memorization(work, checkpoints="0,1", chunks="0", samples=2, plots=False, train_counts=False)
     assert [r["checkpoint"] for r in result] == ["ckpt_001"]
     assert "skipping checkpoint ckpt_000" in capsys.readouterr().err
+
+
+def test_rows_of_skipped_batches_are_not_seen(tiny_run):
+    """A batch the spike guard skipped was never trained on: its rows are not `seen`."""
+    from llm360.analysis.memorization import memorization, read_scores
+    from llm360.train.trainer import apply_train_overrides, run_training
+
+    run_training(tiny_run, apply_train_overrides(tiny_run, ["--train.fault_injection.nan_at_steps=[4]",
+                                                            "--train.spike.action=skip"]))
+    with torch_threads(1):
+        memorization(tiny_run, checkpoints="ckpt_002", chunks="1", samples=12, plots=False, train_counts=False,
+                     quiet=True)
+    rows = read_scores(tiny_run).to_pylist()
+    assert len(rows) == 12  # every row of chunk 1: steps 3, 4, 5 of 4 rows each
+    for r in rows:
+        assert r["row_step"] == 3 + r["row"] // 4
+        assert r["seen"] == (r["row_step"] != 4), r

@@ -29,7 +29,8 @@ an index backend is installed and the run has under 2B tokens; else it stays emp
 
 `seen` says whether the checkpoint had trained on the chunk: ckpt_c has seen chunks 0..c, and
 a checkpoint after K steps has seen chunk c when (c + 1) * steps_per_chunk <= K. Unseen chunks
-are the control: a model cannot have memorized them.
+are the control: a model cannot have memorized them. Per row, `seen` is exact: the row's step
+came before the checkpoint and its batch was not skipped by the spike guard.
 
 Resumable: a (checkpoint, chunk) pair is committed by its summary line, written right after its
 scores (a small parquet file under memorization/.parts/); the parts are folded into
@@ -37,6 +38,8 @@ scores.parquet (written atomically) at the end of each run, and a run skips the 
 """
 
 from __future__ import annotations
+
+import json
 
 import math
 import os
@@ -316,6 +319,12 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
     return result
 
 
+def skipped_steps(checkpoint: Path) -> list[int]:
+    """The steps whose batch the spike guard skipped, up to this checkpoint (its trainer state)."""
+    path = Path(checkpoint) / "trainer_state" / "state.json"
+    return json.loads(path.read_text()).get("skipped_steps", []) if path.exists() else []
+
+
 def _commit(folder: Path, info, chunk: int, scored: list[tuple[int, int]], k: int, l: int, spc: int,
             gbr: int) -> dict:
     """Write one pair's scores (atomically), then its summary line, which commits it."""
@@ -324,8 +333,10 @@ def _commit(folder: Path, info, chunk: int, scored: list[tuple[int, int]], k: in
     now = time.time()
     row_step = chunk * spc + rows // gbr
     n = len(rows)
+    # a row of a batch that the spike guard skipped was never trained on, though its step passed
+    seen = (row_step < info.steps_done) & ~np.isin(row_step, skipped_steps(info.path))
     columns = {"checkpoint": [info.name] * n, "step": np.full(n, info.steps_done), "chunk": np.full(n, chunk),
-               "row": rows, "row_step": row_step, "seen": row_step < info.steps_done, "score": matched / l,
+               "row": rows, "row_step": row_step, "seen": seen, "score": matched / l,
                "matched": matched, "extractable": matched == l, "train_count": [None] * n, "time": np.full(n, now)}
     _write_parquet(_scores_table(columns), folder / ".parts" / f"{info.name}__{chunk:06d}.parquet")
     record = {"checkpoint": info.name, "chunk": chunk, "seen": has_seen(chunk, info.steps_done, spc), "n": n,
