@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llm360.model.generate import encode_request, prefix_token, score_tokens
+from llm360.model.generate import encode_request, left_pad, prefix_token, score_tokens
 
 Progress = Callable[[int], None] | None
 
@@ -103,15 +103,8 @@ def _score_batch(model, pairs, batch, results) -> None:
     R = len(members)
     T = max(len(pairs[i][1]) for i in members) - 1  # continuation tokens fed (all but the last)
 
-    pad = torch.tensor([L - len(ctx) for ctx, _ in batch], device=device)  # (G,)
-    tokens = torch.zeros(G, L, dtype=torch.long, device=device)
-    for g, (ctx, _) in enumerate(batch):
-        tokens[g, L - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
-    padded = bool(pad.any())
-    key_mask = positions = None
-    if padded:  # left padding: hide the pad keys, count positions from each row's first token
-        key_mask = torch.arange(L + T, device=device)[None] >= pad[:, None]  # (G, L + T)
-        positions = (torch.arange(L, device=device)[None] - pad[:, None]).clamp(min=0)  # (G, L)
+    tokens, pad, key_mask, positions = left_pad([ctx for ctx, _ in batch], T, device)  # (G, L), (G,), ...
+    padded = key_mask is not None
 
     cache = model.new_cache(max(G, R), L + T)
     first = model(tokens, cache=cache, start_pos=0, positions=positions,

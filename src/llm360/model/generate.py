@@ -69,18 +69,28 @@ def generate(
     return results
 
 
+def left_pad(prompts: list[list[int]], extra: int, device):
+    """Prompts of different lengths as one left-padded batch, for decoding `extra` more positions:
+    tokens (B, L), pad tokens per row (B,), and when any row is padded, the key mask (B, L + extra)
+    that hides the pad keys and the positions (B, L) that count from each row's first real token;
+    else None, None."""
+    L = max(len(p) for p in prompts)
+    pad = torch.tensor([L - len(p) for p in prompts], device=device)  # (B,)
+    tokens = torch.zeros(len(prompts), L, dtype=torch.long, device=device)
+    for r, p in enumerate(prompts):
+        tokens[r, L - len(p):] = torch.tensor(p, dtype=torch.long)
+    if not bool(pad.any()):
+        return tokens, pad, None, None
+    key_mask = torch.arange(L + extra, device=device)[None] >= pad[:, None]  # (B, L + extra)
+    positions = (torch.arange(L, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, L)
+    return tokens, pad, key_mask, positions
+
+
 def _generate_batch(model, prompts, max_new_tokens, temperature, top_k, gen, eos_id) -> list[list[int]]:
     device = _device(model)
     B, L = len(prompts), max(len(p) for p in prompts)
-    pad = torch.tensor([L - len(p) for p in prompts], device=device)  # (B,)
-    tokens = torch.zeros(B, L, dtype=torch.long, device=device)
-    for r, p in enumerate(prompts):
-        tokens[r, L - len(p):] = torch.tensor(p, dtype=torch.long)
-    padded = bool(pad.any())
-    key_mask = positions = None
-    if padded:  # left padding: mask the pad keys, count positions from each row's first token
-        key_mask = torch.arange(L + max_new_tokens, device=device)[None] >= pad[:, None]  # (B, L + new)
-        positions = (torch.arange(L, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, L)
+    tokens, pad, key_mask, positions = left_pad(prompts, max_new_tokens, device)
+    padded = key_mask is not None
 
     cache = model.new_cache(B, L + max_new_tokens)
     logits = model(tokens, cache=cache, start_pos=0, positions=positions,
