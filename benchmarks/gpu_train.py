@@ -114,7 +114,6 @@ def transformers_baseline(run: Path, preset: str, device: torch.device, compile:
         torch.cuda.reset_peak_memory_stats()
     per_step = time_steps(step, steps, warmup, device)
     result = _figures(args, data, per_step, device, precision=precision)
-    del model, opt, forward
     return result
 
 

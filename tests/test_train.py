@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm360.config import load_run_config
 from llm360.errors import UserError
 from llm360.train.schedule import lr_at
 from llm360.train.spike import SpikeGuard

@@ -124,9 +124,9 @@ def model_card(facts: Facts, config_sha256: str | None) -> str:
         "",
         "## Checkpoints",
         "",
-        f"`ckpt_c` is saved after the last step of chunk c and has seen chunks 0..c, as LLM360's ckpt_N has "
-        f"seen train_000..train_N; `init` holds the weights before the first step. Each folder loads with "
-        f"`transformers` as it is and has its own `CHECKSUMS.sha256`.",
+        "`ckpt_c` is saved after the last step of chunk c and has seen chunks 0..c, as LLM360's ckpt_N has "
+        "seen train_000..train_N; `init` holds the weights before the first step. Each folder loads with "
+        "`transformers` as it is and has its own `CHECKSUMS.sha256`.",
         "",
         md_table(["checkpoint", "step", "tokens", "chunks seen", "model.safetensors sha256"],
                  [[md_code(c["name"]), thousands(c["step"]), thousands(c["tokens"]), str(c["chunks_seen"]),

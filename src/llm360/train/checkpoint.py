@@ -37,7 +37,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from llm360.model.hf import load_state_dict as load_hf_state_dict
 from llm360.model.hf import save_hf
-from llm360.utils import atomic_write_json, check_checksums, fsync_tree, natural_index, pad_width, write_checksums
+from llm360.utils import (atomic_write_json, check_checksums, fsync_dir, fsync_tree, natural_index, pad_width,
+                          write_checksums)
 
 STATE_DIR = "trainer_state"
 
@@ -126,8 +127,6 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        from llm360.utils import fsync_dir
-
         fsync_dir(final.parent)
     if collective and dist.is_initialized():
         dist.barrier()

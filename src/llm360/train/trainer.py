@@ -11,15 +11,12 @@ hangs off it as named pieces.
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,7 +27,6 @@ from llm360.errors import UserError
 from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args
 from llm360.train import checkpoint as ckpt
 from llm360.train.parallel import (
-    DistInfo,
     autocast,
     gradient_sync,
     init_distributed,
