@@ -273,6 +273,87 @@ def test_nan_with_stop_action(tiny_run):
     assert all(torch.isfinite(t).all() for t in weights(tiny_run, "ckpt_000").values())
 
 
+def host_guard_verdicts(losses: list[float], zscore: float, window: int) -> list[bool]:
+    """The spike rule of SPEC/config, written plainly on the host: the oracle for the device guard."""
+    history, bad = [], []
+    for loss in losses:
+        n = len(history)
+        is_bad = False
+        if n >= max(window // 2, 2):
+            mean = sum(history) / n
+            std = (sum((x - mean) ** 2 for x in history) / n) ** 0.5
+            is_bad = std > 0 and (loss - mean) / std > zscore
+        bad.append(is_bad)
+        if not is_bad:
+            history = (history + [loss])[-window:]
+    return bad
+
+
+@pytest.mark.parametrize("action", ["skip", "log"])
+def test_real_loss_spikes_are_judged_on_the_device_as_on_the_host(tiny_run, action):
+    # a learning rate 30 times too high makes the loss jump up and down: real spikes, which
+    # the guard on the device, read one step late, must judge exactly as the plain host rule
+    assert train(tiny_run, "--train.lr=0.1", "--train.spike.zscore=0.5", "--train.spike.window=4",
+                 f"--train.spike.action={action}")["finished"]
+    lines = read_jsonl(tiny_run / "metrics" / "train.jsonl")
+    assert [r["step"] for r in lines] == list(range(9))
+    expected = host_guard_verdicts([r["loss"] for r in lines], 0.5, 4) if action == "skip" else None
+    judged = [e["step"] for e in events(tiny_run) if e["kind"] == "spike"]
+    skipped = [r["step"] for r in lines if r.get("skipped")]
+    if action == "skip":
+        assert judged == [i for i, b in enumerate(expected) if b] and judged, judged
+        assert skipped == judged
+    else:
+        # nothing withheld, every loss joins the history
+        history = []
+        flagged = []
+        for r in lines:
+            n = len(history)
+            if n >= 2:
+                mean = sum(history) / n
+                std = (sum((x - mean) ** 2 for x in history) / n) ** 0.5
+                if std > 0 and (r["loss"] - mean) / std > 0.5:
+                    flagged.append(r["step"])
+            history = (history + [r["loss"]])[-4:]
+        assert judged == flagged and judged and skipped == []
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(tiny_run, monkeypatch):
+    """No host synchronisation inside a step: queueing step t never reads a device value (the
+    loss, gradient norm and verdict of step t are read while step t + 1 runs)."""
+    from llm360.train.trainer import Trainer
+
+    cfg = apply_train_overrides(tiny_run, [])
+    trainer = Trainer(tiny_run, cfg.train, cfg.model, cfg.seed)
+    trainer._build()
+    trainer._write_init()
+    trainer._restore(trainer._newest_valid())
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a device value was read on the host inside a training step")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "cpu"):
+            m.setattr(torch.Tensor, name, refuse)
+        flights = [trainer._train_step(step) for step in range(3)]
+    records = [f.record | dict(zip(["loss", "grad_norm", "bad"], f.read())) for f in flights]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert all(np.isfinite(r["loss"]) and r["bad"] == 0 for r in records)
+    trainer.batches.close()
+
+
+def test_prefetched_rows_are_the_rows_of_the_step(tiny_run):
+    from llm360.data.store import RunData
+    from llm360.train.prefetch import Prefetcher
+
+    data = RunData(tiny_run)
+    fetch = Prefetcher(data, rank=1, world=2, device=torch.device("cpu"))
+    for step in [0, 1, 2, 5, 3, 4, 8, 0]:  # in order, then jumps as after a rollback or a skip
+        assert np.array_equal(fetch.get(step).numpy(), data.rows_at(step, 1, 2))
+    assert fetch.ahead[0] == 1
+    fetch.close()
+
+
 # -- configs that cannot work -------------------------------------------------------------------
 
 

@@ -37,7 +37,8 @@ from llm360.train.parallel import (
 )
 from llm360.train.records import Records, environment, peak_flops, write_env
 from llm360.train.schedule import lr_at
-from llm360.train.spike import SpikeGuard
+from llm360.train.prefetch import Prefetcher
+from llm360.train.spike import KINDS, NONFINITE, SpikeGuard, reason
 
 
 class StopTraining(Exception):
@@ -74,6 +75,47 @@ class Progress:
     rollbacks: int = 0
 
 
+@dataclass
+class InFlight:
+    """A step queued on the device. Its loss, gradient norm and verdict come back to pinned host
+    memory asynchronously and are read one step later, while the device works on the next."""
+    record: dict
+    t0: float
+    start: torch.cuda.Event | None = None  # the step's time on the device's own clock
+    end: torch.cuda.Event | None = None
+    t1: float = 0.0
+    values: torch.Tensor | None = None
+
+    @classmethod
+    def begin(cls, device: torch.device) -> InFlight:
+        flight = cls(record={}, t0=time.perf_counter())
+        if device.type == "cuda":
+            flight.start = torch.cuda.Event(enable_timing=True)
+            flight.start.record()
+        return flight
+
+    def finish(self, values: torch.Tensor) -> None:
+        if values.device.type == "cuda":
+            self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.values.copy_(values, non_blocking=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+            self.end.record()
+        else:
+            self.values = values
+        self.t1 = time.perf_counter()
+
+    def read(self) -> list[float]:
+        if self.end is not None:
+            self.end.synchronize()
+        return self.values.tolist()
+
+    def seconds(self, previous_end: torch.cuda.Event | None) -> float:
+        """From the end of the step before (when it ran back to back) to the end of this one."""
+        if self.end is None:
+            return self.t1 - self.t0
+        return (previous_end or self.start).elapsed_time(self.end) / 1e3
+
+
 class Trainer:
     def __init__(self, run_dir: Path, train: TrainConfig, model: ModelConfig, seed: int,
                  on_checkpoint: Callable[[str, int], None] | None = None, console=None, replay: bool = False):
@@ -90,7 +132,11 @@ class Trainer:
         self.replaying = replay  # retrain without writing anything into the run
         self.records = Records(self.run_dir, enabled=self.dist.is_main and not replay)
         self.console = console
-        self.guard = SpikeGuard(train.spike.zscore, train.spike.window)
+        self.guard = SpikeGuard(train.spike.zscore, train.spike.window, device=self.dist.device)
+        self.batches = Prefetcher(self.data, self.dist.rank, self.dist.world, self.dist.device)
+        self.in_flight: InFlight | None = None
+        self.last_end = None  # the device event that ended the step before, when back to back
+        self.bar = None
         self.progress = Progress()
         self.flops_per_token = flops_per_token(self.args, self.data.seq_len)
         self.peak = peak_flops(self.dist.device)
@@ -135,9 +181,11 @@ class Trainer:
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
+        # fused: one kernel for all parameters, and `found_inf` lets the spike guard withhold an
+        # update on the device (see _train_step)
         return torch.optim.AdamW(
             param_groups(self.model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
-            fused=self.dist.device.type == "cuda" or None)
+            fused=True)
 
     def _state(self) -> dict:
         return {"steps_done": self.progress.steps_done, "tokens": self.progress.tokens,
@@ -158,6 +206,7 @@ class Trainer:
             dist.barrier()
 
     def _restore(self, info: ckpt.CheckpointInfo) -> None:
+        self.in_flight = self.last_end = None
         if info.name == "init":  # no optimizer state yet: start from fresh moments (matters on a rollback)
             self.optimizer = self._new_optimizer()
         state = ckpt.load_checkpoint(info.path, self.model, self.optimizer if info.name != "init" else None)
@@ -212,6 +261,7 @@ class Trainer:
             self._say(f"[red]training stopped:[/] {e}")
             return {"finished": False, "steps": self.progress.steps_done, "stopped": str(e)}
         finally:
+            self.batches.close()
             self.records.close()
         self.records.event("end", total, finished=True, tokens=self.progress.tokens)
         return {"finished": True, "steps": total, "resumed_from": start.name}
@@ -230,42 +280,74 @@ class Trainer:
     def _loop(self, total: int) -> None:
         bar = self._progress_bar(total)
         with bar:
-            task = bar.add_task("train", total=total, completed=self.progress.steps_done, loss=float("nan"), tps=0.0)
-            while self.progress.steps_done < total:
-                self.advance(bar, task)
+            self.bar = (bar, bar.add_task("train", total=total, completed=self.progress.steps_done,
+                                          loss=float("nan"), tps=0.0))
+            while self.progress.steps_done < total or self.in_flight is not None:
+                if self.progress.steps_done < total:
+                    self.advance()
+                else:
+                    self._settle()
+        self.bar = None
 
-    def advance(self, bar=None, task=None) -> None:
-        """One global step: train it (or pass over a skipped batch), record it, and write the
-        checkpoint that follows it, if any. After a rollback, the step counter goes back."""
+    def advance(self) -> None:
+        """One global step: queue it on the device (or pass over a skipped batch), read the step
+        before it, and write the checkpoint that follows it, if any. The host never waits for
+        the step it has just queued; when the step before turns out bad and the action is a
+        rollback, the step counter goes back and the queued step is dropped."""
         spc = self.data.steps_per_chunk
         step = self.progress.steps_done
         if step % spc == 0:
             self._enter_chunk(step // spc, step)
-        t0 = time.perf_counter()
+        tokens = self.progress.tokens + self.data.global_batch_rows * self.data.seq_len
         if step in self.progress.skipped_steps:
-            record = self._skipped_record(step)
-        else:
-            record = self._train_step(step)
-            if record is None:  # rolled back: continue from the restored step
-                if bar is not None:
-                    bar.update(task, completed=self.progress.steps_done)
+            if not self._settle():
                 return
+            self._finish(self._skipped_record(step) | {"tokens": tokens, "time": time.time(), "step_time": 0.0})
+            self.last_end = None
+        else:
+            flight = self._train_step(step)
+            flight.record["tokens"] = tokens
+            if not self._settle():  # the step before: recorded now, while the device works on this one
+                return
+            self.in_flight = flight
         self.progress.steps_done = step + 1
-        self.progress.tokens += self.data.global_batch_rows * self.data.seq_len
-        dt = time.perf_counter() - t0
-        record.update(tokens=self.progress.tokens, time=time.time(), step_time=dt)
-        if not record.get("skipped"):
-            tps = self.data.global_batch_rows * self.data.seq_len / dt
-            record.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak if self.peak else None)
-        self.records.step(record)
-        if bar is not None:
-            bar.update(task, completed=step + 1, loss=record.get("loss") or float("nan"),
-                       tps=record.get("tokens_per_s") or 0.0)
+        self.progress.tokens = tokens
         done = step + 1
         if done % spc == 0:
             self._checkpoint(ckpt.chunk_checkpoint_name(done // spc - 1, self.data.n_chunks), done)
         elif done in self.cfg.extra_checkpoint_steps:
             self._checkpoint(ckpt.step_checkpoint_name(done), done)
+
+    def _settle(self) -> bool:
+        """Read the step in flight (waiting for the device if it is not done), record it and act
+        on the guard's verdict. False when that verdict rolled training back."""
+        flight, self.in_flight = self.in_flight, None
+        if flight is None:
+            return True
+        loss, grad_norm, bad, kind, mean, std, n = flight.read()
+        record = flight.record | {"loss": loss, "grad_norm": grad_norm, "time": time.time()}
+        dt = flight.seconds(self.last_end)
+        self.last_end = flight.end
+        if bad and self.cfg.spike.action != "log":
+            record = self._bad_step(record, KINDS[int(kind)], reason(int(kind), loss, grad_norm, mean, std, int(n)))
+            if record is None:
+                return False
+        elif kind:
+            self.records.event(KINDS[int(kind)], record["step"], chunk=record["chunk"], action="log",
+                               reason=reason(int(kind), loss, grad_norm, mean, std, int(n)))
+        record["step_time"] = dt
+        if not record.get("skipped"):
+            tps = self.data.global_batch_rows * self.data.seq_len / dt
+            record.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak if self.peak else None)
+        self._finish(record)
+        return True
+
+    def _finish(self, record: dict) -> None:
+        self.records.step(record)
+        if self.bar is not None:
+            bar, task = self.bar
+            bar.update(task, completed=record["step"] + 1, loss=record.get("loss") or float("nan"),
+                       tps=record.get("tokens_per_s") or 0.0)
 
     def _enter_chunk(self, chunk: int, step: int) -> None:
         if chunk not in self.verified_chunks:
@@ -279,14 +361,17 @@ class Trainer:
             self.records.event("stage_start", step, stage=stage["name"], chunk=chunk,
                                rewarm_steps=stage.get("rewarm_steps", 0))
 
-    def _train_step(self, step: int) -> dict | None:
+    def _train_step(self, step: int) -> InFlight:
+        """Queue step `step` on the device: forward and backward over its micro-batches, the
+        gradient clip, the guard's verdict and the AdamW update, which the verdict gates on the
+        device. Nothing here reads a device value on the host."""
         cfg, data, world = self.cfg, self.data, self.dist.world
+        flight = InFlight.begin(self.dist.device)
         lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                    total_steps=data.total_steps, rewarms=self.rewarms)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        rows = torch.from_numpy(data.rows_at(step, self.dist.rank, world))
-        rows = rows.to(self.dist.device, non_blocking=True)
+        rows = self.batches.get(step).to(self.dist.device, non_blocking=True)
         n_targets = data.global_batch_rows * data.seq_len
         micro = cfg.micro_batch_rows
         n_micro = rows.shape[0] // micro
@@ -307,23 +392,23 @@ class Trainer:
             loss_sum += ce.detach()
         if dist.is_initialized():
             dist.all_reduce(loss_sum)
-        loss = (loss_sum / n_targets).item()
+        loss = loss_sum / n_targets
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
-        record = {"step": step, "chunk": step // data.steps_per_chunk, "loss": loss, "lr": lr, "grad_norm": grad_norm}
-        verdict = self.guard.check(loss, grad_norm)
-        if verdict is not None and cfg.spike.action != "log":
-            self.optimizer.zero_grad(set_to_none=True)
-            return self._bad_step(step, verdict, record)
-        if verdict is not None:
-            self.records.event(verdict[0], step, chunk=record["chunk"], reason=verdict[1], action="log")
+        verdict = self.guard.judge(loss, grad_norm)
+        if cfg.spike.action == "log":  # judged and recorded, never withheld; the history stays finite
+            drop, take = torch.zeros_like(verdict.bad), verdict.kind != NONFINITE
+        else:
+            drop, take = verdict.bad, ~verdict.bad
+        self.optimizer.found_inf = drop.float()  # AdamW leaves weights, moments and step as they were
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.guard.accept(loss)
-        return record
+        self.guard.accept(loss, take)
+        flight.record.update(step=step, chunk=step // data.steps_per_chunk, lr=lr)
+        flight.finish(torch.cat([torch.stack([loss.double(), grad_norm.double()]), verdict.stacked()]))
+        return flight
 
     # -- the spike guard's actions ------------------------------------------------------------
 
@@ -331,13 +416,15 @@ class Trainer:
         chunk, first = self.data.step_location(step)
         return {"step": step, "chunk": chunk, "rows": [first, first + self.data.global_batch_rows]}
 
-    def _bad_step(self, step: int, verdict: tuple[str, str], record: dict) -> dict | None:
-        kind, reason = verdict
-        action = self.cfg.spike.action
+    def _bad_step(self, record: dict, kind: str, reason: str) -> dict | None:
+        """Act on a bad step: the record to write (skip), None after a rollback, or StopTraining.
+        The device has already withheld the step's update."""
+        step, action = record["step"], self.cfg.spike.action
         self.records.event(kind, step, chunk=record["chunk"], reason=reason, loss=record["loss"],
                            grad_norm=record["grad_norm"], action=action)
         self._say(f"[yellow]{kind} at step {step}:[/] {reason} -> {action}")
         if action == "stop":
+            self.progress.steps_done = step
             raise StopTraining(f"{kind} at step {step}: {reason}")
         if action == "skip":
             self.progress.skipped_steps.append(step)
@@ -345,10 +432,12 @@ class Trainer:
             return {**record, "skipped": True}
         # rollback: back to the newest valid checkpoint before the spike, then skip its batches
         if self.progress.rollbacks >= self.cfg.spike.max_rollbacks:
+            self.progress.steps_done = step
             raise StopTraining(f"{kind} at step {step} after {self.progress.rollbacks} rollbacks "
                                f"(train.spike.max_rollbacks)")
         target = self._newest_valid(before_step=step)
         if target is None:
+            self.progress.steps_done = step
             raise StopTraining(f"{kind} at step {step}: no valid checkpoint to roll back to")
         skipped = [s for s in range(step, min(step + self.cfg.spike.skip_batches, self.data.total_steps))]
         memory = sorted(set(self.progress.skipped_steps) | set(skipped))
@@ -371,6 +460,9 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
 
     def _checkpoint(self, name: str, steps_done: int) -> None:
+        if not self._settle():  # the last step of the chunk: recorded (or rolled back) first
+            return
+        self.last_end = None  # the write is not the next step's time
         if self.replaying:
             return
         self.records.sync()  # the record of every step up to here is durable with the checkpoint
