@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,19 +71,47 @@ def time_steps(step_fn, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / (steps - warmup)
 
 
-def llm360_trainer(run: Path, preset: str, device: torch.device, compile: bool, steps: int, warmup: int) -> dict:
+def quick_init(model: torch.nn.Module, std: float = 0.02) -> None:
+    """Random weights drawn on the device (speed does not depend on them; llm360's seeded init
+    draws on the CPU, which for 7B parameters takes minutes)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            local.fill_(1.0) if name.endswith("norm.weight") else local.normal_(0.0, std)
+
+
+def llm360_trainer(run: Path, preset: str, device: torch.device, compile: bool, steps: int, warmup: int,
+                   extra: list[str] = ()) -> dict:
     overrides = [f"--model.preset={preset}", f"--train.compile={str(compile).lower()}",
-                 f"--train.device={device.type}", "--train.deterministic=false"]
+                 f"--train.device={device.type}", "--train.deterministic=false", *extra]
     cfg = apply_train_overrides(run, overrides)
     trainer = Trainer(run, cfg.train, cfg.model, cfg.seed)
     trainer._build()
-    trainer._write_init()
-    trainer._restore(trainer._newest_valid())
+    quick_init(trainer.model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    per_step = time_steps(lambda s: trainer.advance(), steps, warmup, device)
+    syncs: list = []
+
+    def step(s: int) -> None:
+        if s == warmup and device.type == "cuda":  # from here on, count what synchronises the host
+            torch.cuda.set_sync_debug_mode("warn")
+        trainer.advance()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        per_step = time_steps(step, steps, warmup, device)
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+    trainer._settle()
+    skipped = len(trainer.progress.skipped_steps)
+    trainer.batches.close()
     trainer.records.close()
-    return _figures(trainer.args, trainer.data, per_step, device, precision=trainer.precision)
+    result = _figures(trainer.args, trainer.data, per_step, device, precision=trainer.precision)
+    result.update(host_syncs_per_step=len(syncs) / (steps - warmup), sync_examples=sorted(set(syncs))[:5],
+                  strategy=trainer.strategy, activation_checkpointing=cfg.train.activation_checkpointing,
+                  micro_batch_rows=cfg.train.micro_batch_rows, skipped_steps=skipped)
+    return result
 
 
 def transformers_baseline(run: Path, preset: str, device: torch.device, compile: bool, steps: int, warmup: int) -> dict:
@@ -129,28 +158,31 @@ def _figures(args, data: RunData, per_step: float, device: torch.device, precisi
     }
 
 
-def amber_7b(run: Path, device: torch.device, force: bool) -> dict:
-    """FSDP2 + full activation checkpointing on one GPU: does the 7B preset fit, and how fast?"""
-    args = model_args("amber-7b")
+def amber_7b(run: Path, device: torch.device, force: bool, steps: int, warmup: int, smoke: bool = False) -> dict:
+    """FSDP2 + full activation checkpointing + bf16 weights on one GPU: does the 7B preset fit,
+    and how fast? Run in a fresh process so that nothing of the 1B runs stays in memory.
+    With --smoke: the same settings and plumbing on the tiny preset, on the CPU."""
+    args = model_args("tiny" if smoke else "amber-7b")
     n = num_params(args)
-    # fp32 master weights + fp32 gradients + two fp32 Adam moments = 16 bytes per parameter,
-    # before activations (checkpointed: about one block's worth plus the logits)
-    need = 16 * n / 2**30
-    have = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else 0.0
-    result = {"parameters": n, "estimated_state_gib": need, "device_memory_gib": have}
+    # bf16 weights + bf16 gradients + two fp32 AdamW moments = 12 bytes per parameter (16 with
+    # fp32 master weights), before activations (checkpointed: a block's worth plus the logits)
+    need = 12 * n / 2**30
+    have = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else float("inf")
+    result = {"parameters": n, "estimated_state_gib": need, "device_memory_gib": have, "precision": "bf16-weights"}
     if need > have and not force:
-        return {**result, "fits": False, "reason": f"weights, gradients and AdamW state need ~{need:.0f} GiB in fp32, "
+        return {**result, "fits": False, "reason": f"weights, gradients and AdamW state need ~{need:.0f} GiB, "
                                                    f"the GPU has {have:.0f} GiB; use several GPUs (FSDP2 shards them)"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "-m", "llm360.cli", "train", str(run),
-           "--model.preset=amber-7b", "--train.strategy=fsdp", "--train.activation_checkpointing=full",
-           "--train.micro_batch_rows=1", "--train.compile=true", "--train.deterministic=false"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    lines = [json.loads(x) for x in (run / "metrics" / "train.jsonl").read_text().splitlines()] if out.returncode == 0 else []
-    if not lines:
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    cmd = [sys.executable, __file__, "--only-7b", str(run), "--steps", str(steps), "--warmup", str(warmup)]
+    out = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, timeout=300, env=env)
+    if out.returncode != 0:
         oom = "out of memory" in out.stderr.lower()
         return {**result, "fits": False, "reason": "CUDA out of memory" if oom else out.stderr[-2000:]}
-    tps = sorted(r["tokens_per_s"] for r in lines[2:] or lines)[len(lines[2:] or lines) // 2]
-    return {**result, "fits": True, "tokens_per_s": tps, "mfu": tps * flops_per_token(args, 2048) / H100_PEAK}
+    return {**result, "fits": True, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+SEVEN_B = ["--train.strategy=fsdp", "--train.activation_checkpointing=full", "--train.precision=bf16-weights",
+           "--train.micro_batch_rows=1"]
 
 
 def main() -> int:
@@ -162,7 +194,17 @@ def main() -> int:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--skip-7b", action="store_true")
     p.add_argument("--force-7b", action="store_true", help="try the 7B preset even when the estimate says it won't fit")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "bf16-weights"],
+                   help="llm360's precision for the 1B run (the baseline is always bf16 autocast)")
+    p.add_argument("--only-7b", metavar="RUN", help=argparse.SUPPRESS)  # the child process of the 7B try
     a = p.parse_args()
+    if a.only_7b:
+        device = torch.device("cpu" if a.smoke else "cuda")
+        result = llm360_trainer(Path(a.only_7b), "tiny" if a.smoke else "amber-7b", device,
+                                not (a.no_compile or a.smoke), a.steps or 5, a.warmup if a.warmup is not None else 2,
+                                SEVEN_B)
+        print(json.dumps(result))
+        return 0
     device = torch.device("cpu" if a.smoke or not torch.cuda.is_available() else "cuda")
     if not a.smoke and device.type != "cuda":
         p.error("no CUDA device: run with --smoke on a CPU")
@@ -175,14 +217,17 @@ def main() -> int:
                      "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         run = prepare(Path(tmp), smoke=a.smoke, steps=steps, rows=rows, seq=seq, vocab=vocab)
-        results["llm360"] = llm360_trainer(run, preset, device, compile, steps, warmup)
+        results["llm360"] = llm360_trainer(run, preset, device, compile, steps, warmup,
+                                           [f"--train.precision={a.precision}"] if device.type == "cuda" else [])
         if device.type == "cuda":
             torch.cuda.empty_cache()
         results["transformers"] = transformers_baseline(run, preset, device, compile, steps, warmup)
         results["speedup"] = results["llm360"]["tokens_per_s"] / results["transformers"]["tokens_per_s"]
-        if not a.skip_7b and device.type == "cuda":
-            torch.cuda.empty_cache()
-            results["amber_7b"] = amber_7b(run, device, a.force_7b)
+        if not a.skip_7b:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            results["amber_7b"] = amber_7b(run, device, a.force_7b, steps=3 if a.smoke else 5, warmup=1 if a.smoke else 2,
+                                           smoke=a.smoke)
     print(f"{'':14}{'tokens/s':>12}{'MFU':>8}{'peak GiB':>10}")
     for name in ("llm360", "transformers"):
         r = results[name]
@@ -191,7 +236,13 @@ def main() -> int:
         print(f"{name:14}{r['tokens_per_s']:12,.0f}{mfu:>8}{mem:>10}")
     print(f"llm360 / transformers: {results['speedup']:.2f}x")
     if "amber_7b" in results:
-        print("amber-7b on one GPU:", json.dumps(results["amber_7b"]))
+        r = results["amber_7b"]
+        label = "tiny with the 7B settings (smoke)" if a.smoke else "amber-7b on one GPU"
+        if r.get("fits"):
+            mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+            print(f"{label}: fits, {r['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak {r.get('peak_memory_gib')} GiB")
+        else:
+            print(f"{label}: does not fit ({r.get('reason', '')[:300]})")
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "gpu_train.json").write_text(json.dumps(results, indent=2))

@@ -33,6 +33,12 @@ def test_replay_through_a_rollback(tiny_run):
     assert result["bitwise_equal"]
 
 
+def test_replay_of_bf16_weights_repeats_the_stochastic_rounding(tiny_run):
+    train(tiny_run, "--train.precision=bf16-weights")
+    result = replay(tiny_run, 1)
+    assert result["bitwise_equal"], result["max_abs_diff"]
+
+
 def test_replay_finds_a_doctored_checkpoint(tiny_run, capsys):
     train(tiny_run)
     folder = tiny_run / "checkpoints" / "ckpt_001"

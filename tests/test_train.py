@@ -333,7 +333,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tiny_run, monkeypatc
         raise AssertionError("a device value was read on the host inside a training step")
 
     with monkeypatch.context() as m:
-        for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "cpu"):
+        for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "cpu"):
             m.setattr(torch.Tensor, name, refuse)
         flights = [trainer._train_step(step) for step in range(3)]
     records = [f.record | dict(zip(["loss", "grad_norm", "bad"], f.read())) for f in flights]
@@ -374,6 +374,24 @@ def test_impossible_configs_fail_before_work(tiny_run, override, words):
 # -- several processes (gloo on CPU) ---------------------------------------------------------------
 
 
+def test_fsdp_in_a_single_process_without_torchrun(tiny_run, reference_weights):
+    """FSDP2 on one device (the way amber-7b is tried on one GPU) starts its own process group."""
+    assert train(tiny_run, "--train.strategy=fsdp")["finished"]
+    for key, value in weights(tiny_run, "ckpt_002").items():
+        assert torch.allclose(value, reference_weights[0][key], atol=1e-5), key
+
+
+def test_fsdp_with_bf16_weights_over_two_processes(tiny_run, reference_weights):
+    out = train_subprocess(tiny_run, "--train.strategy=fsdp", "--train.precision=bf16-weights",
+                           "--train.micro_batch_rows=1", nproc=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = weights(tiny_run, "ckpt_002")
+    assert final.keys() == reference_weights[0].keys() and all(t.dtype == torch.bfloat16 for t in final.values())
+    ours = [r["loss"] for r in read_jsonl(tiny_run / "metrics" / "train.jsonl")]
+    ref = [r["loss"] for r in read_jsonl(reference_weights[1] / "metrics" / "train.jsonl")]
+    assert np.allclose(ours, ref, rtol=0.02)
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_and_resume_on_one(tiny_run, reference_weights, strategy):
     ref_run = reference_weights[1]
@@ -390,6 +408,30 @@ def test_two_processes_match_one_and_resume_on_one(tiny_run, reference_weights, 
     assert np.allclose([r["loss"] for r in ours], [r["loss"] for r in ref], rtol=1e-5, atol=0)
     for key, value in weights(tiny_run, "ckpt_002").items():
         assert torch.allclose(value, reference_weights[0][key], atol=1e-4), key
+
+
+# -- bf16 weights with fp32 optimizer state --------------------------------------------------------
+
+
+def test_bf16_weights_train_resume_exactly_and_keep_fp32_moments(tiny_run, tmp_path, reference_weights):
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_run, twin)
+    out = train_subprocess(tiny_run, "--train.precision=bf16-weights", "--train.fault_injection.exit_after_steps=[3]")
+    assert out.returncode == 17, out.stderr[-3000:]
+    out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert train(twin, "--train.precision=bf16-weights")["finished"]
+    final = weights(tiny_run, "ckpt_002")
+    assert all(t.dtype == torch.bfloat16 for t in final.values())
+    assert_bitwise_equal(final, weights(twin, "ckpt_002"))  # the stochastic rounding resumed exactly
+    moments = load_file(tiny_run / "checkpoints" / "ckpt_002" / "trainer_state" / "optimizer.safetensors")
+    assert moments and all(t.dtype == torch.float32 for t in moments.values())
+    ours = [r["loss"] for r in read_jsonl(tiny_run / "metrics" / "train.jsonl")]
+    ref = [r["loss"] for r in read_jsonl(reference_weights[1] / "metrics" / "train.jsonl")]
+    assert ours[-1] < ours[0] - 0.5
+    assert np.allclose(ours, ref, rtol=0.02)  # bf16 compute, the same learning curve
 
 
 # -- applied from outside: activation checkpointing and torch.compile ------------------------------

@@ -169,7 +169,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.1, ge=0)
     no_decay: list[str] = ["norm", "bias"]  # parameters whose name contains one of these
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: fp32 on CPU, bf16 autocast on GPU
+    # auto: fp32 on CPU, bf16 autocast on GPU; bf16-weights: bf16 weights and gradients, fp32
+    # AdamW moments, stochastically rounded updates (train/optim.py)
+    precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = "auto"
     compile: bool = False
     activation_checkpointing: Literal["none", "full", "selective"] | bool = "none"
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"

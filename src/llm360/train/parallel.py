@@ -30,8 +30,10 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_pref: str = "auto") -> DistInfo:
-    """Read torchrun's RANK/WORLD_SIZE; start the process group when there is more than one."""
+def init_distributed(device_pref: str = "auto", strategy: str = "auto") -> DistInfo:
+    """Read torchrun's RANK/WORLD_SIZE; start the process group when there is more than one
+    process, or when FSDP2 or DDP is asked for in a single one (FSDP2 on one GPU shards nothing,
+    but its mixed precision and memory behaviour are those of a larger run)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -43,9 +45,21 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if (world > 1 or strategy in ("ddp", "fsdp")) and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        if "MASTER_ADDR" in os.environ:  # started by torchrun
+            dist.init_process_group(backend=backend)
+        else:  # plain `python`/`llm360` with one process
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     return DistInfo(rank, world, local_rank, device)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def resolve_strategy(strategy: str, world: int) -> str:
@@ -63,7 +77,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device):
-    """bf16 autocast over fp32 master weights; nothing for fp32 (and for bf16-pure weights)."""
+    """bf16 autocast over fp32 master weights; nothing for fp32, nor for bf16 weights (all bf16)."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -103,6 +117,8 @@ def apply_fsdp(model: torch.nn.Module, precision: str, device: torch.device) -> 
     if precision == "bf16":
         # bf16 compute and all-gathers, fp32 gradient reduction and fp32 master weights
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    elif precision == "bf16-weights":  # the weights are bf16 already; reduce gradients in fp32
+        mp = MixedPrecisionPolicy(reduce_dtype=torch.float32)
     kwargs = {"mesh": mesh} | ({"mp_policy": mp} if mp else {})
     for block in model.layers:
         fully_shard(block, **kwargs)

@@ -71,8 +71,8 @@ class SpikeGuard:
         """Append `loss` to the history where `take` (a device bool) holds; no host sync."""
         take = torch.as_tensor(take, device=self.device)
         loss = torch.as_tensor(loss, dtype=torch.float64, device=self.device)
-        new = torch.where(take, loss, self.ring[self.pos])
-        self.ring.index_put_((self.pos,), new)
+        at = self.pos.view(1)  # a tensor index: indexing with the 0-d tensor itself would sync
+        self.ring.index_put_((at,), torch.where(take, loss, self.ring.index_select(0, at).squeeze(0)).view(1))
         self.count = torch.where(take, (self.count + 1).clamp(max=self.window), self.count)
         self.pos = torch.where(take, (self.pos + 1) % self.window, self.pos)
 

@@ -37,6 +37,7 @@ from llm360.train.parallel import (
 )
 from llm360.train.records import Records, environment, peak_flops, write_env
 from llm360.train.schedule import lr_at
+from llm360.train.optim import AdamWLowPrecision
 from llm360.train.prefetch import Prefetcher
 from llm360.train.spike import KINDS, NONFINITE, SpikeGuard, reason
 
@@ -124,7 +125,7 @@ class Trainer:
         self.seed = seed
         self.on_checkpoint = on_checkpoint
         self.data = RunData(self.run_dir)
-        self.dist = init_distributed(train.device)
+        self.dist = init_distributed(train.device, train.strategy)
         self.strategy = resolve_strategy(train.strategy, self.dist.world)
         self.precision = resolve_precision(train.precision, self.dist.device)
         self._check_shapes()
@@ -170,6 +171,8 @@ class Trainer:
         # shards before allocating, the others allocate first (DDP cannot wrap meta tensors)
         with torch.device("meta"):
             model = Llama(self.args)
+        if self.precision == "bf16-weights":
+            model.to(torch.bfloat16)
         if self.strategy != "fsdp":
             model.to_empty(device=self.dist.device)
         model = parallelize(model, strategy=self.strategy, precision=self.precision, compile=self.cfg.compile,
@@ -181,6 +184,9 @@ class Trainer:
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
+        if self.precision == "bf16-weights":
+            return AdamWLowPrecision(param_groups(self.model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+                                     eps=self.cfg.eps)
         # fused: one kernel for all parameters, and `found_inf` lets the spike guard withhold an
         # update on the device (see _train_step)
         return torch.optim.AdamW(
@@ -403,6 +409,8 @@ class Trainer:
         else:
             drop, take = verdict.bad, ~verdict.bad
         self.optimizer.found_inf = drop.float()  # AdamW leaves weights, moments and step as they were
+        if isinstance(self.optimizer, AdamWLowPrecision):  # rounding that a resume or replay repeats
+            self.optimizer.rounding_seed = (self.seed << 40) + (step << 12) + self.dist.rank
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.guard.accept(loss, take)
