@@ -438,7 +438,8 @@ def test_bf16_weights_train_resume_exactly_and_keep_fp32_moments(tiny_run, tmp_p
 
 
 @pytest.mark.parametrize("override", ["--train.activation_checkpointing=full",
-                                      "--train.activation_checkpointing=selective", "--train.compile=true"])
+                                      "--train.activation_checkpointing=selective",
+                                      "--train.activation_checkpointing=ops", "--train.compile=true"])
 def test_outside_wrappers_keep_the_math_and_the_names(tiny_run, reference_weights, override):
     if "compile" in override:
         pytest.importorskip("torch._inductor")
@@ -450,3 +451,39 @@ def test_outside_wrappers_keep_the_math_and_the_names(tiny_run, reference_weight
     assert final.keys() == reference_weights[0].keys()  # no _orig_mod. or wrapper prefixes
     for key, value in final.items():
         assert torch.allclose(value, reference_weights[0][key], atol=1e-4), key
+
+
+@pytest.mark.parametrize("mode, recomputes_matmuls, recomputes_silu", [
+    ("none", False, False), ("full", True, True), ("ops", False, True)])
+def test_what_activation_checkpointing_recomputes(mode, recomputes_matmuls, recomputes_silu):
+    """Counted in the backward pass: `ops` redoes the elementwise work (SwiGLU's silu) but keeps
+    the matmul outputs; `full` redoes both; `none` neither."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from llm360.model.llama import Llama, model_args
+    from llm360.train.parallel import apply_activation_checkpointing
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    def backward_ops(mode):
+        torch.manual_seed(0)
+        model = Llama(model_args("tiny", vocab_size=64))
+        model.init_weights(0)
+        apply_activation_checkpointing(model, mode)
+        loss = model(torch.randint(0, 64, (2, 16))).logsumexp(-1).mean()
+        with Count() as counter:
+            loss.backward()
+        return counter.ops
+
+    base, ops = backward_ops("none"), backward_ops(mode)
+    assert (ops["mm"] > base["mm"]) == recomputes_matmuls, (ops["mm"], base["mm"])
+    assert (ops["silu"] > 0) == recomputes_silu

@@ -173,7 +173,9 @@ class TrainConfig(Section):
     # AdamW moments, stochastically rounded updates (train/optim.py)
     precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = "auto"
     compile: bool = False
-    activation_checkpointing: Literal["none", "full", "selective"] | bool = "none"
+    # full: every block recomputed; selective: every other block; ops: every block, but the
+    # matmul and attention outputs are kept and only the cheap elementwise work is recomputed
+    activation_checkpointing: Literal["none", "full", "selective", "ops"] | bool = "none"
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True

@@ -83,23 +83,46 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _checkpointed(forward):
+def _kept_ops() -> set:
+    """The outputs that `ops` checkpointing keeps: matmuls and attention, the expensive ops."""
+    aten = torch.ops.aten
+    names = ["mm", "addmm", "bmm", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu"]
+    return {getattr(aten, n).default for n in names if hasattr(aten, n)}
+
+
+def _keep_expensive_ops():
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    kept = _kept_ops()
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in kept else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def _checkpointed(forward, ops_only: bool = False):
+    extra = {"context_fn": _keep_expensive_ops} if ops_only else {}
+
     @functools.wraps(forward)
     def run(*args, **kwargs):
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **extra, **kwargs)
 
     return run
 
 
 def apply_activation_checkpointing(model: torch.nn.Module, mode) -> None:
-    """Recompute block activations in the backward pass. `selective` checkpoints every other
-    block (half the memory saving for a smaller recompute cost). Patches `forward` in place, so
-    no wrapper prefix ever reaches a parameter name."""
+    """Recompute block activations in the backward pass. `full`: every block; `selective`:
+    every other block (half the memory saving for half the recompute); `ops`: every block, but
+    the outputs of matmuls and attention are kept, so only elementwise work (norms, rotary,
+    SwiGLU) is recomputed. Patches `forward` in place, so no wrapper prefix ever reaches a
+    parameter name."""
     if mode in (False, "none", None):
         return
     for i, block in enumerate(model.layers):
-        if mode in (True, "full") or (mode == "selective" and i % 2 == 0):
-            block.forward = _checkpointed(block.forward)
+        if mode in (True, "full", "ops") or (mode == "selective" and i % 2 == 0):
+            block.forward = _checkpointed(block.forward, ops_only=mode == "ops")
 
 
 def apply_compile(model: torch.nn.Module) -> None:

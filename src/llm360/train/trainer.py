@@ -58,6 +58,12 @@ def build_model_args(model_cfg: ModelConfig, vocab_size: int, seq_len: int) -> M
     return args
 
 
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token loss in fp32. Compiled with the blocks (train.compile), the log-softmax
+    is fused into it instead of being written out as a second (rows, T, vocab) fp32 tensor."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+
+
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Weight decay on all parameters except those whose name contains a `no_decay` pattern."""
     decay, no_decay = [], []
@@ -181,6 +187,7 @@ class Trainer:
             model.to_empty(device=self.dist.device)
         unwrap(model).init_rope(self.dist.device)  # to_empty left the rotary tables garbage
         self.model = model
+        self.loss_fn = torch.compile(cross_entropy_sum) if self.cfg.compile else cross_entropy_sum
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -389,7 +396,7 @@ class Trainer:
             inputs, targets = batch[:, :-1], batch[:, 1:]
             with gradient_sync(self.model, i == n_micro - 1), autocast(self.precision, self.dist.device):
                 logits = self.model(inputs)  # (micro, T, V)
-                ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+                ce = self.loss_fn(logits, targets)
                 if inject_nan:
                     ce = ce * float("nan")
                 # DDP and FSDP average gradients over ranks, hence the factor `world`: the
