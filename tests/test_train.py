@@ -392,6 +392,22 @@ def test_fsdp_with_bf16_weights_over_two_processes(tiny_run, reference_weights):
     assert np.allclose(ours, ref, rtol=0.02)
 
 
+def test_the_gpu_composition_over_two_processes(tiny_run, reference_weights):
+    """Activation checkpointing, then torch.compile per block, then FSDP2: the stack a GPU run
+    uses, here over gloo, keeps the math of the plain single-process run."""
+    pytest.importorskip("torch._inductor")
+    out = train_subprocess(tiny_run, "--train.strategy=fsdp", "--train.compile=true",
+                           "--train.activation_checkpointing=ops", "--train.micro_batch_rows=1", nproc=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ours = [r["loss"] for r in read_jsonl(tiny_run / "metrics" / "train.jsonl")]
+    ref = [r["loss"] for r in read_jsonl(reference_weights[1] / "metrics" / "train.jsonl")]
+    assert np.allclose(ours, ref, rtol=1e-4)
+    final = weights(tiny_run, "ckpt_002")
+    assert final.keys() == reference_weights[0].keys()
+    for key, value in final.items():
+        assert torch.allclose(value, reference_weights[0][key], atol=1e-4), key
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_and_resume_on_one(tiny_run, reference_weights, strategy):
     ref_run = reference_weights[1]
