@@ -215,14 +215,24 @@ def main() -> int:
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "preset": preset, "seq_len": seq, "rows_per_step": rows, "compile": compile,
                      "torch": torch.__version__}
+
+    def save() -> None:  # after each part: a run cut short by its time limit keeps what it measured
+        if a.out:
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            (Path(a.out) / "gpu_train.json").write_text(json.dumps(results, indent=2))
+
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = prepare(Path(tmp), smoke=a.smoke, steps=steps, rows=rows, seq=seq, vocab=vocab)
+        results["prepare_s"] = time.perf_counter() - started
         results["llm360"] = llm360_trainer(run, preset, device, compile, steps, warmup,
                                            [f"--train.precision={a.precision}"] if device.type == "cuda" else [])
+        save()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         results["transformers"] = transformers_baseline(run, preset, device, compile, steps, warmup)
         results["speedup"] = results["llm360"]["tokens_per_s"] / results["transformers"]["tokens_per_s"]
+        save()
         if not a.skip_7b:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -243,9 +253,8 @@ def main() -> int:
             print(f"{label}: fits, {r['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak {r.get('peak_memory_gib')} GiB")
         else:
             print(f"{label}: does not fit ({r.get('reason', '')[:300]})")
-    if a.out:
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        (Path(a.out) / "gpu_train.json").write_text(json.dumps(results, indent=2))
+    results["total_s"] = time.perf_counter() - started
+    save()
     return 0
 
 
