@@ -27,14 +27,32 @@ def train(run: Path, *overrides: str) -> dict:
     return run_training(run, cfg)
 
 
-def train_subprocess(run: Path, *overrides: str, nproc: int = 1) -> subprocess.CompletedProcess:
+def train_subprocess(run: Path, *overrides: str, nproc: int = 1, script: str | None = None) -> subprocess.CompletedProcess:
+    target = [str(Path(__file__).parent / script)] if script else ["-m", "llm360.cli", "train"]
     if nproc == 1:
-        cmd = [sys.executable, "-m", "llm360.cli", "train", str(run), *overrides]
+        cmd = [sys.executable, *target, str(run), *overrides]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(29500 + os.getpid() % 1000), "-m", "llm360.cli", "train", str(run), *overrides]
+               "--master-port", str(free_port()), *target, str(run), *overrides]
     env = {**ENV, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    # a session of its own: on a timeout the workers go too, not only torchrun
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def weights(run: Path, name: str) -> dict[str, torch.Tensor]:
@@ -374,11 +392,30 @@ def test_impossible_configs_fail_before_work(tiny_run, override, words):
 # -- several processes (gloo on CPU) ---------------------------------------------------------------
 
 
+def test_bf16_weights_compiled(tiny_run, reference_weights):
+    """Blocks, loss and the bf16-weights AdamW update all compiled: the same learning curve."""
+    pytest.importorskip("torch._inductor")
+    assert train(tiny_run, "--train.precision=bf16-weights", "--train.compile=true")["finished"]
+    ours = [r["loss"] for r in read_jsonl(tiny_run / "metrics" / "train.jsonl")]
+    ref = [r["loss"] for r in read_jsonl(reference_weights[1] / "metrics" / "train.jsonl")]
+    assert np.allclose(ours, ref, rtol=0.02)
+    assert all(t.dtype == torch.bfloat16 for t in weights(tiny_run, "ckpt_002").values())
+
+
 def test_fsdp_in_a_single_process_without_torchrun(tiny_run, reference_weights):
     """FSDP2 on one device (the way amber-7b is tried on one GPU) starts its own process group."""
     assert train(tiny_run, "--train.strategy=fsdp")["finished"]
     for key, value in weights(tiny_run, "ckpt_002").items():
         assert torch.allclose(value, reference_weights[0][key], atol=1e-5), key
+
+
+def test_a_slow_rank_agrees_on_the_checkpoint_to_start_from(tiny_run):
+    """Rank 1 lists the checkpoints only after rank 0 wrote `init`: both must still load the
+    same one (this deadlocked when each rank decided alone whether to write `init`)."""
+    out = train_subprocess(tiny_run, "--train.strategy=ddp", "--train.micro_batch_rows=1", nproc=2,
+                           script="helpers_slow_rank.py")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [r["step"] for r in read_jsonl(tiny_run / "metrics" / "train.jsonl")] == list(range(9))
 
 
 def test_fsdp_with_bf16_weights_over_two_processes(tiny_run, reference_weights):

@@ -193,7 +193,7 @@ class Trainer:
     def _new_optimizer(self) -> torch.optim.Optimizer:
         if self.precision == "bf16-weights":
             return AdamWLowPrecision(param_groups(self.model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas),
-                                     eps=self.cfg.eps)
+                                     eps=self.cfg.eps, compile=self.cfg.compile)
         # fused: one kernel for all parameters, and `found_inf` lets the spike guard withhold an
         # update on the device (see _train_step)
         return torch.optim.AdamW(
@@ -242,6 +242,22 @@ class Trainer:
             self.records.event("corrupt_checkpoint", info.steps_done, checkpoint=info.name, problems=found[:10])
         return None
 
+    def _agreed(self, info: ckpt.CheckpointInfo | None) -> ckpt.CheckpointInfo | None:
+        """Rank 0's choice of checkpoint, on every rank. Each rank looks at the folder itself, but
+        one that looks while rank 0 is writing `init` would see another folder, and ranks that
+        disagree on which checkpoint to load (or whether to write one) wait on each other forever."""
+        if not dist.is_initialized():
+            return info
+        box = [info.name if info is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            return None
+        found = [i for i in ckpt.list_checkpoints(self.run_dir, self.data.steps_per_chunk) if i.name == box[0]]
+        if not found:
+            raise UserError(f"rank {self.dist.rank} does not see checkpoint {box[0]} that rank 0 chose: "
+                            f"is {self.run_dir} on a file system that all processes share?")
+        return found[0]
+
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> dict:
@@ -253,10 +269,10 @@ class Trainer:
         if dist.is_initialized():
             dist.barrier()
         self._build()
-        start = self._newest_valid()
+        start = self._agreed(self._newest_valid())
         if start is None:
             self._write_init()
-            start = self._newest_valid()
+            start = self._agreed(self._newest_valid())
         self._restore(start)
         if self.progress.steps_done >= total:
             self._say(f"training already finished: {total} steps, newest checkpoint {start.name}")
@@ -450,7 +466,7 @@ class Trainer:
             self.progress.steps_done = step
             raise StopTraining(f"{kind} at step {step} after {self.progress.rollbacks} rollbacks "
                                f"(train.spike.max_rollbacks)")
-        target = self._newest_valid(before_step=step)
+        target = self._agreed(self._newest_valid(before_step=step))
         if target is None:
             self.progress.steps_done = step
             raise StopTraining(f"{kind} at step {step}: no valid checkpoint to roll back to")
