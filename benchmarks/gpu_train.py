@@ -6,8 +6,10 @@ In one process, on the same prepared data and the same batches:
   (b) transformers' LlamaForCausalLM with the identical config under torch.compile, same
       precision, optimizer and batches (the baseline of ../shared/ANCHORS.md: 55.7K tokens/s,
       41% MFU on one H100);
-and prints tokens/s, MFU (ANCHORS.md formula) and peak memory for both, with the ratio. Then it
-looks at the `amber-7b` preset on the one GPU with FSDP2 and full activation checkpointing: it
+and prints tokens/s, MFU (ANCHORS.md formula) and peak memory for both, with the ratio, and the
+host synchronisations counted inside llm360's timed steps (torch.cuda.set_sync_debug_mode). Then,
+each in a fresh process: train.deterministic checked (the same 3 steps twice, bitwise), and the
+`amber-7b` preset on the one GPU with FSDP2, full activation checkpointing and bf16 weights: it
 estimates the memory first and only tries when the estimate fits (or with --force-7b).
 
     python benchmarks/gpu_train.py --out "$OUT"        # one H100, under 8 minutes
@@ -17,6 +19,7 @@ estimates the memory first and only tries when the estimate fits (or with --forc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -36,6 +39,7 @@ from llm360.model.llama import flops_per_token, model_args, num_params
 from llm360.train.parallel import autocast
 from llm360.train.records import peak_flops
 from llm360.train.trainer import Trainer, apply_train_overrides, build_model_args
+from llm360.utils import read_jsonl
 
 H100_PEAK = 989e12
 
@@ -181,6 +185,33 @@ def amber_7b(run: Path, device: torch.device, force: bool, steps: int, warmup: i
     return {**result, "fits": True, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
+def determinism(run: Path, device: torch.device, preset: str, steps: int) -> dict:
+    """train.deterministic on this device: the same steps twice from the same weights must give
+    bitwise the same weights (what `llm360 replay` relies on). Eager, to keep it short."""
+    digests, losses = [], []
+    for _ in range(2):
+        cfg = apply_train_overrides(run, [f"--model.preset={preset}", "--train.compile=false",
+                                          f"--train.device={device.type}", "--train.deterministic=true"])
+        trainer = Trainer(run, cfg.train, cfg.model, cfg.seed)
+        trainer._build()
+        torch.manual_seed(0)
+        quick_init(trainer.model)
+        for _ in range(steps):
+            trainer.advance()
+        trainer._settle()
+        digest = hashlib.sha256()
+        for p in trainer.model.parameters():
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+        digests.append(digest.hexdigest())
+        losses.append([r["loss"] for r in read_jsonl(run / "metrics" / "train.jsonl")][-steps:])
+        trainer.batches.close()
+        trainer.records.close()
+        del trainer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"bitwise_equal": digests[0] == digests[1], "steps": steps, "losses": losses}
+
+
 SEVEN_B = ["--train.strategy=fsdp", "--train.activation_checkpointing=full", "--train.precision=bf16-weights",
            "--train.micro_batch_rows=1"]
 
@@ -197,7 +228,16 @@ def main() -> int:
     p.add_argument("--precision", default="bf16", choices=["bf16", "bf16-weights"],
                    help="llm360's precision for the 1B run (the baseline is always bf16 autocast)")
     p.add_argument("--only-7b", metavar="RUN", help=argparse.SUPPRESS)  # the child process of the 7B try
+    p.add_argument("--only-determinism", metavar="RUN", help=argparse.SUPPRESS)  # the determinism check's child
     a = p.parse_args()
+    if a.only_determinism:
+        try:
+            result = determinism(Path(a.only_determinism), torch.device("cpu" if a.smoke else "cuda"),
+                                 "tiny" if a.smoke else "1b", steps=3)
+        except Exception as e:  # an op without a deterministic version, say: that is the finding
+            result = {"bitwise_equal": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+        print(json.dumps(result))
+        return 0
     if a.only_7b:
         device = torch.device("cpu" if a.smoke else "cuda")
         result = llm360_trainer(Path(a.only_7b), "tiny" if a.smoke else "amber-7b", device,
@@ -233,9 +273,14 @@ def main() -> int:
         results["transformers"] = transformers_baseline(run, preset, device, compile, steps, warmup)
         results["speedup"] = results["llm360"]["tokens_per_s"] / results["transformers"]["tokens_per_s"]
         save()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        out = subprocess.run([sys.executable, __file__, "--only-determinism", str(run)] + (["--smoke"] if a.smoke else []),
+                             capture_output=True, text=True, timeout=300)
+        results["determinism"] = (json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0
+                                  else {"bitwise_equal": False, "error": out.stderr[-2000:]})
+        save()
         if not a.skip_7b:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
             results["amber_7b"] = amber_7b(run, device, a.force_7b, steps=3 if a.smoke else 5, warmup=1 if a.smoke else 2,
                                            smoke=a.smoke)
     print(f"{'':14}{'tokens/s':>12}{'MFU':>8}{'peak GiB':>10}")
@@ -245,6 +290,9 @@ def main() -> int:
         mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
         print(f"{name:14}{r['tokens_per_s']:12,.0f}{mfu:>8}{mem:>10}")
     print(f"llm360 / transformers: {results['speedup']:.2f}x")
+    d = results["determinism"]
+    print(f"train.deterministic, the same 3 steps twice: {'bitwise equal' if d['bitwise_equal'] else 'DIFFERENT'}"
+          + (f" ({d['error'][:200]})" if d.get("error") else ""))
     if "amber_7b" in results:
         r = results["amber_7b"]
         label = "tiny with the 7B settings (smoke)" if a.smoke else "amber-7b on one GPU"

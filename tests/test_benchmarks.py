@@ -22,3 +22,6 @@ def test_gpu_train_smoke(tmp_path):
     for side in ("llm360", "transformers"):
         assert result[side]["tokens_per_s"] > 0
     assert "llm360 / transformers" in out.stdout
+    assert result["llm360"]["host_syncs_per_step"] == 0
+    assert result["determinism"]["bitwise_equal"], result["determinism"]
+    assert result["amber_7b"]["fits"] and result["amber_7b"]["strategy"] == "fsdp", result["amber_7b"]

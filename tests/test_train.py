@@ -235,6 +235,59 @@ def test_tampered_chunk_stops_training(tiny_run):
     assert not (tiny_run / "checkpoints" / "ckpt_001").exists()
 
 
+def test_resume_uses_the_optimizer_settings_of_run_yaml(tiny_run):
+    out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[3]")
+    assert out.returncode == 17, out.stderr[-2000:]
+    out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[]", "--train.weight_decay=0.02",
+                           "--train.betas=[0.8, 0.9]")
+    assert out.returncode == 0, out.stderr[-2000:]
+    state = json.loads((tiny_run / "checkpoints" / "ckpt_002" / "trainer_state" / "state.json").read_text())
+    assert [g["weight_decay"] for g in state["param_groups"]] == [0.02, 0.0]
+    assert all(list(g["betas"]) == [0.8, 0.9] for g in state["param_groups"])
+
+
+def test_a_resume_in_the_middle_of_a_chunk_checks_that_chunk(tiny_run):
+    out = train_subprocess(tiny_run, "--train.extra_checkpoint_steps=[2]", "--train.fault_injection.exit_after_steps=[2]")
+    assert out.returncode == 17 and (tiny_run / "checkpoints" / "step_0000002").exists(), out.stderr[-2000:]
+    chunk = tiny_run / "data" / "chunks" / "chunk_000.npy"
+    data = bytearray(chunk.read_bytes())
+    data[-3] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="chunk 0"):
+        train(tiny_run, "--train.fault_injection.exit_after_steps=[]")
+
+
+def test_gradient_clipping_matches_torch_and_sums_bf16_norms_in_fp32():
+    from llm360.train.trainer import clip_gradients
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.zeros(s)) for s in [(30, 20), (20,), (7, 3)]]
+    ref = [torch.nn.Parameter(torch.zeros(s)) for s in [(30, 20), (20,), (7, 3)]]
+    for a, b in zip(ours, ref):
+        a.grad = torch.randn(a.shape, generator=gen)
+        b.grad = a.grad.clone()
+    assert torch.allclose(clip_gradients(ours, 1.0), torch.nn.utils.clip_grad_norm_(ref, 1.0))
+    assert all(torch.allclose(a.grad, b.grad) for a, b in zip(ours, ref))
+    low = [torch.nn.Parameter(torch.zeros(3000, dtype=torch.bfloat16))]
+    low[0].grad = torch.ones(3000, dtype=torch.bfloat16)
+    exact = 3000 ** 0.5  # 54.772...; the nearest bf16 is 54.75
+    assert abs(clip_gradients(low, float("inf")).item() - exact) < 1e-5 * exact
+    assert abs(torch.nn.utils.clip_grad_norm_(low, float("inf")).item() - exact) > 1e-4 * exact  # torch's: bf16
+
+
+def test_a_failing_evaluation_does_not_end_training(tiny_run):
+    from llm360.train.trainer import run_training
+
+    def broken(name, steps_done):
+        raise RuntimeError("the evaluation broke")
+
+    result = run_training(tiny_run, apply_train_overrides(tiny_run, []), on_checkpoint=broken)
+    assert result["finished"]
+    failed = [e for e in events(tiny_run) if e["kind"] == "eval_failed"]
+    assert [e["checkpoint"] for e in failed] == ["ckpt_000", "ckpt_001", "ckpt_002"]
+    assert "the evaluation broke" in failed[0]["error"]
+
+
 # -- spike guard actions -------------------------------------------------------------------------
 
 
@@ -409,6 +462,24 @@ def test_fsdp_in_a_single_process_without_torchrun(tiny_run, reference_weights):
         assert torch.allclose(value, reference_weights[0][key], atol=1e-5), key
 
 
+def test_rounding_seeds_fit_a_generator_for_any_run_seed():
+    from llm360.train.trainer import rounding_seed
+
+    seeds = {rounding_seed(seed, step, shard) for seed in (0, 7, 20240610, 2**70) for step in (0, 1, 10**9)
+             for shard in (0, 1)}
+    assert len(seeds) == 24
+    for value in seeds:
+        torch.Generator().manual_seed(value)  # raised for seeds past 2**64 before
+
+
+def test_ddp_replicas_with_bf16_weights_stay_identical(tiny_run):
+    """DDP keeps a full copy per rank: the stochastic rounding must be the same on every rank."""
+    out = train_subprocess(tiny_run, "--train.strategy=ddp", "--train.precision=bf16-weights",
+                           "--train.micro_batch_rows=1", nproc=2, script="helpers_replicas.py")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "differing between ranks: 0" in out.stdout
+
+
 def test_a_slow_rank_agrees_on_the_checkpoint_to_start_from(tiny_run):
     """Rank 1 lists the checkpoints only after rank 0 wrote `init`: both must still load the
     same one (this deadlocked when each rank decided alone whether to write `init`)."""
@@ -453,7 +524,12 @@ def test_two_processes_match_one_and_resume_on_one(tiny_run, reference_weights, 
     assert out.returncode != 0 and (tiny_run / "checkpoints" / "ckpt_001").exists(), out.stderr[-3000:]
     state = json.loads((tiny_run / "checkpoints" / "ckpt_001" / "trainer_state" / "state.json").read_text())
     assert state["world_size"] == 2
-    out = train_subprocess(tiny_run, "--train.strategy=single", "--train.micro_batch_rows=2")
+    if strategy == "fsdp":  # resumed by two processes first: rank 0 reads, the other receives its shards
+        out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[]", "--train.extra_checkpoint_steps=[7]",
+                               "--train.fault_injection.kill_in_checkpoint=[ckpt_002]", nproc=2)
+        assert (tiny_run / "checkpoints" / "step_0000007").exists(), out.stderr[-3000:]
+    out = train_subprocess(tiny_run, "--train.strategy=single", "--train.micro_batch_rows=2",
+                           "--train.fault_injection.kill_in_checkpoint=[]")
     assert out.returncode == 0, out.stderr[-3000:]
     ours = read_jsonl(tiny_run / "metrics" / "train.jsonl")
     ref = read_jsonl(ref_run / "metrics" / "train.jsonl")

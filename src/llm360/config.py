@@ -179,6 +179,7 @@ class TrainConfig(Section):
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
+    collective_timeout_minutes: float = Field(60, gt=0)  # how long ranks wait on each other (checkpoint writes)
     extra_checkpoint_steps: list[int] = []
     log_every: int = Field(1, ge=1)
     spike: SpikeConfig = SpikeConfig()

@@ -154,17 +154,24 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     """Load weights (and optimizer state, when present) into a possibly sharded model; all
     ranks call this. Returns the saved progress (state.json)."""
     state = json.loads((path / STATE_DIR / "state.json").read_text())
-    weights = load_hf_state_dict(path)
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=True))
+    # sharded (FSDP2) over several ranks: only rank 0 reads the files and the others receive
+    # their shards, instead of every rank holding the whole model and optimizer in host memory
+    sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
+    from_rank0 = sharded and dist.is_initialized() and dist.get_world_size() > 1
+    reads = not from_rank0 or dist.get_rank() == 0
+    weights = load_hf_state_dict(path) if reads else {}
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=True,
+                                                                  broadcast_from_rank0=from_rank0))
+    del weights
     if optimizer is not None and state.get("param_groups"):
-        flat = load_file(path / STATE_DIR / "optimizer.safetensors")
         per_param: dict[str, dict] = {}
-        for key, value in flat.items():
-            fqn, _, name = key.rpartition("::")
-            per_param.setdefault(fqn, {})[name] = value
+        if reads:
+            for key, value in load_file(path / STATE_DIR / "optimizer.safetensors").items():
+                fqn, _, name = key.rpartition("::")
+                per_param.setdefault(fqn, {})[name] = value
         groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in state["param_groups"]]
         set_optimizer_state_dict(model, optimizer, {"state": per_param, "param_groups": groups},
-                                 options=StateDictOptions(full_state_dict=True))
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0))
     rng = load_file(path / STATE_DIR / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():

@@ -7,6 +7,7 @@ Processes are started by `torchrun`; this module only reads its environment vari
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_pref: str = "auto", strategy: str = "auto") -> DistInfo:
+def init_distributed(device_pref: str = "auto", strategy: str = "auto", timeout_minutes: float = 60) -> DistInfo:
     """Read torchrun's RANK/WORLD_SIZE; start the process group when there is more than one
     process, or when FSDP2 or DDP is asked for in a single one (FSDP2 on one GPU shards nothing,
     but its mixed precision and memory behaviour are those of a larger run)."""
@@ -47,10 +48,14 @@ def init_distributed(device_pref: str = "auto", strategy: str = "auto") -> DistI
         device = torch.device("cpu")
     if (world > 1 or strategy in ("ddp", "fsdp")) and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
+        # the ranks wait for rank 0 while it writes a checkpoint (80 GB for a 7B model with its
+        # AdamW state) or evaluates one: longer than NCCL's default 10 minutes
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         if "MASTER_ADDR" in os.environ:  # started by torchrun
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=timeout)
         else:  # plain `python`/`llm360` with one process
-            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+                                    world_size=1, timeout=timeout)
     return DistInfo(rank, world, local_rank, device)
 
 

@@ -11,6 +11,7 @@ hangs off it as named pieces.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,22 @@ def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     """Summed next-token loss in fp32. Compiled with the blocks (train.compile), the log-softmax
     is fused into it instead of being written out as a second (rows, T, vocab) fp32 tensor."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+
+
+def clip_gradients(params, max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_, but with the norm summed in fp32 whatever the gradients' dtype
+    (bf16 gradients under `bf16-weights` would give a 3-digit norm). Returns the norm before
+    clipping, a plain tensor also under FSDP2."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0, dtype=torch.float32)), 2.0)
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total.full_tensor() if hasattr(total, "full_tensor") else total
+
+
+def rounding_seed(seed: int, step: int, shard: int) -> int:
+    """A 63-bit generator seed for (run seed, step, shard), for any size of run seed."""
+    digest = hashlib.sha256(f"llm360-rounding/{seed}/{step}/{shard}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -131,7 +148,7 @@ class Trainer:
         self.seed = seed
         self.on_checkpoint = on_checkpoint
         self.data = RunData(self.run_dir)
-        self.dist = init_distributed(train.device, train.strategy)
+        self.dist = init_distributed(train.device, train.strategy, train.collective_timeout_minutes)
         self.strategy = resolve_strategy(train.strategy, self.dist.world)
         self.precision = resolve_precision(train.precision, self.dist.device)
         self._check_shapes()
@@ -152,7 +169,12 @@ class Trainer:
                         for s in self.data.manifest["stages"]]
         if train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            # strict on CUDA: only then does flash attention's backward take its deterministic
+            # path (with warn_only it warns and stays nondeterministic); an op with no
+            # deterministic version then stops training with a clear message (see fit)
+            torch.use_deterministic_algorithms(True, warn_only=self.dist.device.type != "cuda")
+        else:
+            torch.use_deterministic_algorithms(False)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -226,6 +248,10 @@ class Trainer:
         if state.get("fingerprint") not in (None, self.data.fingerprint):
             raise UserError(f"checkpoint {info.name} was trained on data with fingerprint {state['fingerprint'][:12]}, "
                             f"but RUN/data has {self.data.fingerprint[:12]}: the data was changed")
+        # the optimizer settings of run.yaml, not those saved with the moments (`llm360 train RUN
+        # --train.weight_decay=...` may change them; lr is set at every step)
+        for group, weight_decay in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0)):
+            group.update(betas=tuple(self.cfg.betas), eps=self.cfg.eps, weight_decay=weight_decay)
         self.progress = Progress(steps_done=info.steps_done, tokens=state.get("tokens", 0),
                                  skipped_steps=list(state.get("skipped_steps", [])),
                                  rollbacks=state.get("rollbacks", 0))
@@ -241,6 +267,12 @@ class Trainer:
             self._say(f"[yellow]warning:[/] checkpoint {info.name} is damaged ({found[0]}); skipping it")
             self.records.event("corrupt_checkpoint", info.steps_done, checkpoint=info.name, problems=found[:10])
         return None
+
+    def _newest_valid_on_rank0(self, before_step: int | None = None) -> ckpt.CheckpointInfo | None:
+        """Only rank 0 reads and hashes the checkpoints; `_agreed` tells the others its answer."""
+        if dist.is_initialized() and not self.dist.is_main:
+            return None
+        return self._newest_valid(before_step)
 
     def _agreed(self, info: ckpt.CheckpointInfo | None) -> ckpt.CheckpointInfo | None:
         """Rank 0's choice of checkpoint, on every rank. Each rank looks at the folder itself, but
@@ -269,10 +301,10 @@ class Trainer:
         if dist.is_initialized():
             dist.barrier()
         self._build()
-        start = self._agreed(self._newest_valid())
+        start = self._agreed(self._newest_valid_on_rank0())
         if start is None:
             self._write_init()
-            start = self._agreed(self._newest_valid())
+            start = self._agreed(self._newest_valid_on_rank0())
         self._restore(start)
         if self.progress.steps_done >= total:
             self._say(f"training already finished: {total} steps, newest checkpoint {start.name}")
@@ -285,6 +317,11 @@ class Trainer:
                   f"({self.dist.world} process(es), {self.strategy}, {self.precision}, {self.dist.device})")
         try:
             self._loop(total)
+        except RuntimeError as e:
+            if "deterministic" not in str(e):
+                raise
+            raise UserError(f"train.deterministic is on, but {str(e).splitlines()[0]}; "
+                            "train with --train.deterministic=false on this device") from e
         except StopTraining as e:
             self.records.event("end", self.progress.steps_done, reason=str(e), finished=False)
             self._say(f"[red]training stopped:[/] {e}")
@@ -325,7 +362,7 @@ class Trainer:
         rollback, the step counter goes back and the queued step is dropped."""
         spc = self.data.steps_per_chunk
         step = self.progress.steps_done
-        if step % spc == 0:
+        if step % spc == 0 or step // spc not in self.verified_chunks:  # (a resume may land mid-chunk)
             self._enter_chunk(step // spc, step)
         tokens = self.progress.tokens + self.data.global_batch_rows * self.data.seq_len
         if step in self.progress.skipped_steps:
@@ -386,7 +423,7 @@ class Trainer:
                                 "it was changed after prepare: training refuses to go on")
             self.verified_chunks.add(chunk)
         stage = self.data.stage_of_chunk(chunk)
-        if stage["first_chunk"] == chunk:
+        if stage["first_chunk"] == chunk and step % self.data.steps_per_chunk == 0:
             self.records.event("stage_start", step, stage=stage["name"], chunk=chunk,
                                rewarm_steps=stage.get("rewarm_steps", 0))
 
@@ -423,9 +460,7 @@ class Trainer:
             dist.all_reduce(loss_sum)
         loss = loss_sum / n_targets
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = clip_gradients(self.model.parameters(), max_norm)
         verdict = self.guard.judge(loss, grad_norm)
         if cfg.spike.action == "log":  # judged and recorded, never withheld; the history stays finite
             drop, take = torch.zeros_like(verdict.bad), verdict.kind != NONFINITE
@@ -433,7 +468,9 @@ class Trainer:
             drop, take = verdict.bad, ~verdict.bad
         self.optimizer.found_inf = drop.float()  # AdamW leaves weights, moments and step as they were
         if isinstance(self.optimizer, AdamWLowPrecision):  # rounding that a resume or replay repeats
-            self.optimizer.rounding_seed = (self.seed << 40) + (step << 12) + self.dist.rank
+            # FSDP: each rank rounds its own shard; replicas (DDP) must round alike or they drift apart
+            shard = self.dist.rank if self.strategy == "fsdp" else 0
+            self.optimizer.rounding_seed = rounding_seed(self.seed, step, shard)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.guard.accept(loss, take)
@@ -466,7 +503,7 @@ class Trainer:
             self.progress.steps_done = step
             raise StopTraining(f"{kind} at step {step} after {self.progress.rollbacks} rollbacks "
                                f"(train.spike.max_rollbacks)")
-        target = self._agreed(self._newest_valid(before_step=step))
+        target = self._agreed(self._newest_valid_on_rank0(before_step=step))
         if target is None:
             self.progress.steps_done = step
             raise StopTraining(f"{kind} at step {step}: no valid checkpoint to roll back to")
@@ -506,7 +543,14 @@ class Trainer:
             self.records.close()
             os._exit(17)  # fault injection: the process dies right after this checkpoint
         if self.on_checkpoint is not None and name.startswith("ckpt_") and self.dist.is_main:
-            self.on_checkpoint(name, steps_done)
+            try:
+                self.on_checkpoint(name, steps_done)
+            except StopTraining:  # a hook may end training on purpose
+                raise
+            except Exception as e:  # an evaluation that fails must not end a training run
+                self.records.event("eval_failed", steps_done - 1, checkpoint=name, error=f"{type(e).__name__}: {e}")
+                self._say(f"[yellow]warning:[/] evaluating {name} failed ({type(e).__name__}: {e}); training goes on, "
+                          f"and `llm360 eval RUN --checkpoints {name}` can redo it")
         if dist.is_initialized():
             dist.barrier()
 
