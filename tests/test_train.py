@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from llm360.errors import UserError
+from llm360.train.parallel import free_port
 from llm360.train.schedule import lr_at
 from llm360.train.spike import SpikeGuard
 from llm360.train.trainer import apply_train_overrides, run_training
@@ -46,13 +47,6 @@ def train_subprocess(run: Path, *overrides: str, nproc: int = 1, script: str | N
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def weights(run: Path, name: str) -> dict[str, torch.Tensor]:

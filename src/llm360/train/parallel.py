@@ -54,12 +54,12 @@ def init_distributed(device_pref: str = "auto", strategy: str = "auto", timeout_
         if "MASTER_ADDR" in os.environ:  # started by torchrun
             dist.init_process_group(backend=backend, timeout=timeout)
         else:  # plain `python`/`llm360` with one process
-            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
                                     world_size=1, timeout=timeout)
     return DistInfo(rank, world, local_rank, device)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:

@@ -433,8 +433,7 @@ class Trainer:
         device. Nothing here reads a device value on the host."""
         cfg, data, world = self.cfg, self.data, self.dist.world
         flight = InFlight.begin(self.dist.device)
-        lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
-                   total_steps=data.total_steps, rewarms=self.rewarms)
+        lr = self._lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         rows = self.batches.get(step).to(self.dist.device, non_blocking=True)
@@ -519,10 +518,12 @@ class Trainer:
         self.records.truncate_steps(target.steps_done)
         return None
 
+    def _lr(self, step: int) -> float:
+        return lr_at(step, lr=self.cfg.lr, min_lr=self.cfg.min_lr, warmup_steps=self.cfg.warmup_steps,
+                     total_steps=self.data.total_steps, rewarms=self.rewarms)
+
     def _skipped_record(self, step: int) -> dict:
-        lr = lr_at(step, lr=self.cfg.lr, min_lr=self.cfg.min_lr, warmup_steps=self.cfg.warmup_steps,
-                   total_steps=self.data.total_steps, rewarms=self.rewarms)
-        return {"step": step, "chunk": step // self.data.steps_per_chunk, "loss": None, "lr": lr,
+        return {"step": step, "chunk": step // self.data.steps_per_chunk, "loss": None, "lr": self._lr(step),
                 "grad_norm": None, "skipped": True}
 
     # -- checkpoints --------------------------------------------------------------------------
