@@ -162,7 +162,8 @@ def _figures(args, data: RunData, per_step: float, device: torch.device, precisi
     }
 
 
-def amber_7b(run: Path, device: torch.device, force: bool, steps: int, warmup: int, smoke: bool = False) -> dict:
+def amber_7b(run: Path, device: torch.device, force: bool, steps: int, warmup: int, timeout: float,
+             smoke: bool = False) -> dict:
     """FSDP2 + full activation checkpointing + bf16 weights on one GPU: does the 7B preset fit,
     and how fast? Run in a fresh process so that nothing of the 1B runs stays in memory.
     With --smoke: the same settings and plumbing on the tiny preset, on the CPU."""
@@ -178,7 +179,10 @@ def amber_7b(run: Path, device: torch.device, force: bool, steps: int, warmup: i
                                                    f"the GPU has {have:.0f} GiB; use several GPUs (FSDP2 shards them)"}
     env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     cmd = [sys.executable, __file__, "--only-7b", str(run), "--steps", str(steps), "--warmup", str(warmup)]
-    out = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, timeout=300, env=env)
+    try:
+        out = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**result, "fits": None, "reason": f"not finished within {timeout:.0f} s (the time left of the budget)"}
     if out.returncode != 0:
         oom = "out of memory" in out.stderr.lower()
         return {**result, "fits": False, "reason": "CUDA out of memory" if oom else out.stderr[-2000:]}
@@ -227,6 +231,7 @@ def main() -> int:
     p.add_argument("--force-7b", action="store_true", help="try the 7B preset even when the estimate says it won't fit")
     p.add_argument("--precision", default="bf16", choices=["bf16", "bf16-weights"],
                    help="llm360's precision for the 1B run (the baseline is always bf16 autocast)")
+    p.add_argument("--budget", type=float, default=470, help="seconds for the whole run (children get what is left)")
     p.add_argument("--only-7b", metavar="RUN", help=argparse.SUPPRESS)  # the child process of the 7B try
     p.add_argument("--only-determinism", metavar="RUN", help=argparse.SUPPRESS)  # the determinism check's child
     a = p.parse_args()
@@ -262,6 +267,9 @@ def main() -> int:
             (Path(a.out) / "gpu_train.json").write_text(json.dumps(results, indent=2))
 
     started = time.perf_counter()
+
+    def left(at_least: float) -> float:  # seconds a child may run and the whole still end in --budget
+        return max(at_least, a.budget - (time.perf_counter() - started))
     with tempfile.TemporaryDirectory() as tmp:
         run = prepare(Path(tmp), smoke=a.smoke, steps=steps, rows=rows, seq=seq, vocab=vocab)
         results["prepare_s"] = time.perf_counter() - started
@@ -275,14 +283,17 @@ def main() -> int:
         save()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        out = subprocess.run([sys.executable, __file__, "--only-determinism", str(run)] + (["--smoke"] if a.smoke else []),
-                             capture_output=True, text=True, timeout=300)
-        results["determinism"] = (json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0
-                                  else {"bitwise_equal": False, "error": out.stderr[-2000:]})
+        try:
+            out = subprocess.run([sys.executable, __file__, "--only-determinism", str(run)] + (["--smoke"] if a.smoke else []),
+                                 capture_output=True, text=True, timeout=left(120))
+            results["determinism"] = (json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0
+                                      else {"bitwise_equal": False, "error": out.stderr[-2000:]})
+        except subprocess.TimeoutExpired:
+            results["determinism"] = {"bitwise_equal": None, "error": "not finished in the time left"}
         save()
         if not a.skip_7b:
             results["amber_7b"] = amber_7b(run, device, a.force_7b, steps=3 if a.smoke else 5, warmup=1 if a.smoke else 2,
-                                           smoke=a.smoke)
+                                           timeout=left(30), smoke=a.smoke)
     print(f"{'':14}{'tokens/s':>12}{'MFU':>8}{'peak GiB':>10}")
     for name in ("llm360", "transformers"):
         r = results[name]
@@ -291,7 +302,7 @@ def main() -> int:
         print(f"{name:14}{r['tokens_per_s']:12,.0f}{mfu:>8}{mem:>10}")
     print(f"llm360 / transformers: {results['speedup']:.2f}x")
     d = results["determinism"]
-    print(f"train.deterministic, the same 3 steps twice: {'bitwise equal' if d['bitwise_equal'] else 'DIFFERENT'}"
+    print(f"train.deterministic, the same 3 steps twice: { {True: 'bitwise equal', False: 'DIFFERENT', None: 'not checked'}[d['bitwise_equal']] }"
           + (f" ({d['error'][:200]})" if d.get("error") else ""))
     if "amber_7b" in results:
         r = results["amber_7b"]
@@ -300,7 +311,8 @@ def main() -> int:
             mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
             print(f"{label}: fits, {r['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak {r.get('peak_memory_gib')} GiB")
         else:
-            print(f"{label}: does not fit ({r.get('reason', '')[:300]})")
+            verdict = "not finished" if r.get("fits") is None else "does not fit"
+            print(f"{label}: {verdict} ({r.get('reason', '')[:300]})")
     results["total_s"] = time.perf_counter() - started
     save()
     return 0

@@ -610,3 +610,26 @@ def test_what_activation_checkpointing_recomputes(mode, recomputes_matmuls, reco
     base, ops = backward_ops("none"), backward_ops(mode)
     assert (ops["mm"] > base["mm"]) == recomputes_matmuls, (ops["mm"], base["mm"])
     assert (ops["silu"] > 0) == recomputes_silu
+
+
+def test_fsdp_reduces_every_micro_batch_instead_of_holding_unsharded_gradients():
+    """Between micro-batches FSDP2 would otherwise keep every gradient unsharded (in fp32 under
+    bf16-weights): 4 bytes per parameter of the whole model on every rank."""
+    import torch.distributed as dist
+
+    from llm360.model.llama import Llama, model_args
+    from llm360.train.parallel import gradient_sync, init_distributed, parallelize
+
+    info = init_distributed("cpu", "fsdp")
+    try:
+        with torch.device("meta"):
+            model = Llama(model_args("tiny", vocab_size=64))
+        model = parallelize(model, strategy="fsdp", precision="fp32", compile=False, activation_checkpointing="none",
+                            device=info.device)
+        model.to_empty(device=info.device)
+        model.init_weights(0)
+        with gradient_sync(model, False):  # not the last micro-batch of a step
+            model(torch.randint(0, 64, (2, 8))).sum().backward()
+        assert all(p.grad is not None and hasattr(p.grad, "device_mesh") for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
