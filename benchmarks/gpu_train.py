@@ -94,7 +94,6 @@ def llm360_trainer(run: Path, preset: str, device: torch.device, compile: bool, 
     quick_init(trainer.model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    syncs: list = []
 
     def step(s: int) -> None:
         if s == warmup and device.type == "cuda":  # from here on, count what synchronises the host

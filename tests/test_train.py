@@ -59,6 +59,13 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+def flip_bits(path: Path, offset: int, mask: int) -> None:
+    """Damage a file in place: XOR one byte with `mask`."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
 def events(run: Path) -> list[dict]:
     return read_jsonl(run / "metrics" / "events.jsonl")
 
@@ -203,10 +210,7 @@ def test_kill_during_checkpoint_write_then_resume(tiny_run, reference_weights):
 def test_damaged_checkpoint_is_skipped(tiny_run, reference_weights):
     out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[6]")
     assert out.returncode == 17
-    damaged = tiny_run / "checkpoints" / "ckpt_001" / "model.safetensors"
-    data = bytearray(damaged.read_bytes())
-    data[-1] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    flip_bits(tiny_run / "checkpoints" / "ckpt_001" / "model.safetensors", -1, 0xFF)
     out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[]")
     assert out.returncode == 0, out.stderr
     assert "ckpt_001 is damaged" in out.stderr
@@ -218,10 +222,7 @@ def test_damaged_checkpoint_is_skipped(tiny_run, reference_weights):
 
 
 def test_tampered_chunk_stops_training(tiny_run):
-    chunk = tiny_run / "data" / "chunks" / "chunk_001.npy"
-    data = bytearray(chunk.read_bytes())
-    data[-3] ^= 0x01
-    chunk.write_bytes(bytes(data))
+    flip_bits(tiny_run / "data" / "chunks" / "chunk_001.npy", -3, 0x01)
     with pytest.raises(UserError, match="chunk 1"):
         train(tiny_run)
     # it trained chunk 0 (valid) and stopped before touching chunk 1
@@ -243,10 +244,7 @@ def test_resume_uses_the_optimizer_settings_of_run_yaml(tiny_run):
 def test_a_resume_in_the_middle_of_a_chunk_checks_that_chunk(tiny_run):
     out = train_subprocess(tiny_run, "--train.extra_checkpoint_steps=[2]", "--train.fault_injection.exit_after_steps=[2]")
     assert out.returncode == 17 and (tiny_run / "checkpoints" / "step_0000002").exists(), out.stderr[-2000:]
-    chunk = tiny_run / "data" / "chunks" / "chunk_000.npy"
-    data = bytearray(chunk.read_bytes())
-    data[-3] ^= 0x01
-    chunk.write_bytes(bytes(data))
+    flip_bits(tiny_run / "data" / "chunks" / "chunk_000.npy", -3, 0x01)
     with pytest.raises(UserError, match="chunk 0"):
         train(tiny_run, "--train.fault_injection.exit_after_steps=[]")
 
