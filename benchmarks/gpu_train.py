@@ -1,7 +1,7 @@
 """Training speed on one GPU: llm360's trainer against transformers' compiled LlamaForCausalLM.
 
 In one process, on the same prepared data and the same batches:
-  (a) llm360's real trainer step (Trainer.advance: bf16 autocast over fp32 master weights,
+  (a) llm360's real trainer step (Trainer._loop one step at a time: bf16 autocast over fp32 master weights,
       fused AdamW, torch.compile per block) on the `1b` preset at sequence 2048, 8 rows a step;
   (b) transformers' LlamaForCausalLM with the identical config under torch.compile, same
       precision, optimizer and batches (the baseline of ../shared/ANCHORS.md: 55.7K tokens/s,
@@ -98,7 +98,7 @@ def llm360_trainer(run: Path, preset: str, device: torch.device, compile: bool, 
     def step(s: int) -> None:
         if s == warmup and device.type == "cuda":  # from here on, count what synchronises the host
             torch.cuda.set_sync_debug_mode("warn")
-        trainer.advance()
+        trainer._loop(trainer.position.steps_done + 1, drain=False)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -107,7 +107,7 @@ def llm360_trainer(run: Path, preset: str, device: torch.device, compile: bool, 
             torch.cuda.set_sync_debug_mode(0)
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
     trainer._settle()
-    skipped = len(trainer.progress.skipped_steps)
+    skipped = len(trainer.position.skipped_steps)
     trainer.batches.close()
     trainer.records.close()
     result = _figures(trainer.args, trainer.data, per_step, device, precision=trainer.precision)
@@ -200,7 +200,7 @@ def determinism(run: Path, device: torch.device, preset: str, steps: int) -> dic
         torch.manual_seed(0)
         quick_init(trainer.model)
         for _ in range(steps):
-            trainer.advance()
+            trainer._loop(trainer.position.steps_done + 1, drain=False)
         trainer._settle()
         digest = hashlib.sha256()
         for p in trainer.model.parameters():

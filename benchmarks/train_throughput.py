@@ -82,14 +82,14 @@ def measure(run: Path, model_overrides: list[str]) -> dict:
     trainer = Trainer(run, cfg.train, cfg.model, cfg.seed)
     trainer._build()
     trainer._write_init()
-    trainer._restore(trainer._newest_valid())
+    trainer.restore(trainer.agreed_checkpoint())
     spc = trainer.data.steps_per_chunk
     bare_times, trainer_times, ckpt_steps = [], [], []
     for step in range(trainer.data.total_steps):
         t0 = time.perf_counter()
         bare.step(step)
         t1 = time.perf_counter()
-        trainer.advance()
+        trainer._loop(trainer.position.steps_done + 1, drain=False)
         t2 = time.perf_counter()
         bare_times.append(t1 - t0)
         trainer_times.append(t2 - t1)

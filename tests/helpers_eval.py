@@ -10,7 +10,8 @@ from helpers_model import tiny_model, train_tokenizer
 
 from llm360.config import load_config, save_config
 from llm360.model.hf import save_hf
-from llm360.utils import atomic_write_json, write_checksums
+from llm360.rundir import write_checksums
+from llm360.utils import atomic_write_json
 
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 

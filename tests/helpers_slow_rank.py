@@ -10,7 +10,7 @@ import torch.distributed as dist
 from llm360.train import trainer as trainer_module
 from llm360.train.trainer import apply_train_overrides, run_training
 
-original = trainer_module.Trainer._newest_valid_on_rank0
+original = trainer_module.Trainer.agreed_checkpoint
 
 
 def late(self, *args, **kwargs):
@@ -20,7 +20,7 @@ def late(self, *args, **kwargs):
     return original(self, *args, **kwargs)
 
 
-trainer_module.Trainer._newest_valid_on_rank0 = late
+trainer_module.Trainer.agreed_checkpoint = late
 run = Path(sys.argv[1])
 result = run_training(run, apply_train_overrides(run, sys.argv[2:]))
 sys.exit(0 if result["finished"] else 1)

@@ -28,7 +28,8 @@ def manifest(run: Path) -> dict:
 
 def no_leftovers(folder: Path, run: Path) -> None:
     assert not run.exists(), "a failed prepare left the run directory behind"
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    hidden = [p for p in folder.iterdir() if p.name.startswith(".") and not p.name.endswith(".llm360-lock")]
+    assert not hidden, "staging folder left behind"
 
 
 # ---------------------------------------------------------------------------------------------

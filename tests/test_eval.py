@@ -253,11 +253,12 @@ def test_cli_eval_json_and_checkpoint_selection(handmade, bench, tmp_path, capsy
 
 
 def test_in_loop_evaluation_after_every_chunk_checkpoint(tiny_run, bench):
-    from llm360.train.trainer import apply_train_overrides, eval_hook, run_training
+    from llm360.pipeline import eval_hook
+    from llm360.train.trainer import apply_train_overrides, run_training
 
     cfg = apply_train_overrides(tiny_run, ["--eval.every_checkpoint=true", "--eval.tasks=[arc_easy,no_such_task]",
                                            "--eval.max_questions=3"])
-    run_training(tiny_run, cfg, on_checkpoint=eval_hook(tiny_run, cfg))  # a missing task is skipped
+    run_training(tiny_run, cfg, on_checkpoint=eval_hook(tiny_run, cfg.eval))  # a missing task is skipped
     lines = read_jsonl(tiny_run / "metrics" / "eval.jsonl")
     assert {(r["checkpoint"], r["task"]) for r in lines} == {
         (c, t) for c in ("ckpt_000", "ckpt_001", "ckpt_002") for t in ("heldout/prose", "arc_easy")}

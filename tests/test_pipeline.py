@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from llm360.cli import main
-from llm360.release.pipeline import run_pipeline
+from llm360.pipeline import run_pipeline
 from llm360.release.verify import verify
 
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"

@@ -7,9 +7,9 @@ from safetensors.torch import load_file, save_file
 
 from llm360.cli import main
 from llm360.errors import UserError
-from llm360.release.replay import replay
+from llm360.train.replay import replay
 from llm360.train.trainer import apply_train_overrides, run_training
-from llm360.utils import write_checksums
+from llm360.rundir import write_checksums
 
 
 def train(run, *overrides):

@@ -390,7 +390,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tiny_run, monkeypatc
     trainer = Trainer(tiny_run, cfg.train, cfg.model, cfg.seed)
     trainer._build()
     trainer._write_init()
-    trainer._restore(trainer._newest_valid())
+    trainer.restore(trainer.agreed_checkpoint())
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("a device value was read on the host inside a training step")
@@ -422,16 +422,19 @@ def test_prefetched_rows_are_the_rows_of_the_step(tiny_run):
 
 @pytest.mark.parametrize("override, words", [
     ("--train.micro_batch_rows=3", ["global_batch_rows", "micro_batch_rows"]),
-    ("--train.global_batch_rows=8", ["train.global_batch_rows", "prepare again"]),
+    ("--train.global_batch_rows=8", ["train.global_batch_rows cannot change", "prepare a new run"]),
     ("--model.max_seq_len=16", ["data.seq_len", "model.max_seq_len"]),
-    ("--data.seq_len=64", ["only train.*"]),
+    ("--data.seq_len=64", ["data.seq_len cannot change"]),
+    ("--seed=5", ["seed cannot change"]),
 ])
 def test_impossible_configs_fail_before_work(tiny_run, override, words):
+    recorded = (tiny_run / "run.yaml").read_bytes()
     with pytest.raises(UserError) as e:
         train(tiny_run, override)
     for word in words:
         assert word in str(e.value)
     assert not (tiny_run / "checkpoints").exists()
+    assert (tiny_run / "run.yaml").read_bytes() == recorded  # a rejected override changes no record
 
 
 # -- several processes (gloo on CPU) ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `llm360` command: one subcommand per stage of the pipeline (SPEC.md section 9).
+"""The `llm360` command: one subcommand per stage of the pipeline.
 
 Each subcommand's work lives in its component; this file only parses arguments and turns a
 `UserError` into one sentence on stderr and exit code 2 (never a traceback for a user mistake).
@@ -7,11 +7,12 @@ Each subcommand's work lives in its component; this file only parses arguments a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
 from llm360 import __version__
-from llm360.errors import UserError
+from llm360.errors import DiskFull, UserError, is_disk_full
 
 OVERRIDES_HELP = "config overrides as --section.key=value (value read as YAML), e.g. --train.lr=3e-4"
 
@@ -21,15 +22,15 @@ def _handler(path: str):
 
     def run(args: argparse.Namespace) -> int:
         module, func = path.split(":")
-        try:
-            loaded = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            raise UserError("this command is not implemented yet") from None
-        return getattr(loaded, func)(args)
+        return getattr(importlib.import_module(module), func)(args)
 
     return run
+
+
+def _writes(sp: argparse.ArgumentParser, attribute: str = "run") -> None:
+    """The command writes into the run directory named by `args.<attribute>`: it holds the
+    run's lock while it runs (llm360.lock)."""
+    sp.set_defaults(writes=attribute)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
             "file is hashed and verifiable. Run `llm360 run` to train the demo end to end."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Each command has its own --help. The run directory layout is described in SPEC.md.",
+        epilog="Each command has its own --help. The run directory's format: docs/run-directory.md in the llm360 repository.",
     )
     p.add_argument("--version", action="version", version=f"llm360 {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd(
         "run",
-        "llm360.release.pipeline:cli_run",
+        "llm360.pipeline:cli_run",
         "the whole pipeline: prepare, train (with evaluation), analyze, release",
         "Run every stage into one run directory, resuming wherever an earlier attempt stopped. "
         "With no CONFIG it trains the shipped demo (Python's own docs and code) into ./runs/demo.",
@@ -78,13 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="run directory to create")
     sp.add_argument("--workers", type=int, help="tokenizer processes (default: data.workers)")
     sp.add_argument("--shard", help="tokenize only shard i of N (written as i/N, 0-based)")
+    _writes(sp, "out")
 
     data = sub.add_parser("data", help="inspect the prepared data of a run", description="Inspect the prepared data of a run.")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     sp = data_sub.add_parser(
         "batch",
         help="the exact rows of global step T",
-        description="Print the rows that global optimizer step T trains on (SPEC.md step rule): "
+        description="Print the rows that global optimizer step T trains on (the step rule of docs/run-directory.md): "
         "chunk, row, source, documents and their uris, and the decoded text.",
     )
     sp.set_defaults(func=_handler("llm360.data.inspect:cli_batch"), accepts_overrides=False)
@@ -103,13 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd(
         "train",
-        "llm360.train.trainer:cli_train",
+        "llm360.pipeline:cli_train",
         "train on the chunks of a prepared run (resumes when RUN has checkpoints)",
         "Train the model on RUN's chunks by the step rule, writing a checkpoint after every chunk. "
         "Continues from the newest valid checkpoint. Start with torchrun for several processes.",
         overrides=True,
     )
     sp.add_argument("run", help="run directory (prepared)")
+    _writes(sp)
 
     sp = cmd("generate", "llm360.model.generate:cli_generate", "generate text from a checkpoint (greedy by default)")
     sp.add_argument("checkpoint", help="checkpoint folder (e.g. RUN/checkpoints/ckpt_007)")
@@ -134,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "comma separated; NAME:K for K-shot (default: eval.heldout + eval.tasks)")
     sp.add_argument("--harness", choices=["llm360", "lm-eval"], default="llm360")
     sp.add_argument("--force", action="store_true", help="redo results that exist")
+    _writes(sp)
     sp.add_argument("--json", action="store_true")
 
     analyze = sub.add_parser("analyze", help="analyses of a run (Analysis360)", description="Analyses of a run.")
@@ -149,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoints", default=None, help="all, last, or a list (default: analysis.memorization.checkpoints)")
     sp.add_argument("--chunks", default=None, help="chunks to sample from (default: all)")
     sp.add_argument("--samples", type=int, default=None, help="rows per chunk")
+    _writes(sp)
 
     sp = cmd("index", "llm360.analysis.search:cli_index", "build the search index over all chunk tokens")
     sp.add_argument("run")
+    _writes(sp)
     sp = cmd("search", "llm360.analysis.search:cli_search", "find a text (or token ids) in the training data")
     sp.add_argument("run")
     sp.add_argument("text", nargs="?", help="text to find")
@@ -161,10 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("release", "llm360.release.release:cli_release", "write the model and data cards, the report and release.json")
     sp.add_argument("run")
+    _writes(sp)
     sp = cmd("verify", "llm360.release.verify:cli_verify", "check every file of a release against release.json")
     sp.add_argument("run")
     sp.add_argument("--json", action="store_true")
-    sp = cmd("replay", "llm360.release.replay:cli_replay", "retrain a checkpoint from its predecessor and compare")
+    sp = cmd("replay", "llm360.train.replay:cli_replay", "retrain a checkpoint from its predecessor and compare")
     sp.add_argument("run")
     sp.add_argument("--checkpoint", required=True, help="checkpoint number or name, e.g. 3 or ckpt_003")
 
@@ -178,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p._subparsers_by_name = {"data": data, "analyze": analyze, "export": export}  # for bare group help
     return p
+
+
+def _lock(args: argparse.Namespace):
+    attribute = getattr(args, "writes", None)
+    if attribute is None:
+        return contextlib.nullcontext()
+    from llm360.lock import run_lock
+
+    return run_lock(getattr(args, attribute), args.command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,9 +211,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized argument {item!r}" + (f" ({OVERRIDES_HELP})" if args.accepts_overrides else ""))
     args.overrides = overrides
     try:
-        return int(args.func(args) or 0)
+        with _lock(args):
+            return int(args.func(args) or 0)
     except UserError as e:
         print(f"llm360 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        print(f"llm360 {args.command}: error: {DiskFull(e.filename or 'a file')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"llm360 {args.command}: interrupted", file=sys.stderr)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-CHUNK = 1 << 20
+from llm360.errors import naming_a_full_disk
+
+HASH_READ_BYTES = 1 << 20  # how much of a file is read per hash update
 
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(CHUNK):
+        while block := f.read(HASH_READ_BYTES):
             h.update(block)
     return h.hexdigest()
 
@@ -42,17 +45,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600; a release is for others to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming_a_full_disk(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600; a release is for others to read
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
 
 
@@ -67,17 +71,70 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: a non-finite number is written as null (see finite_json)."""
+    atomic_write_text(path, json.dumps(finite_json(obj)[0], indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def finite_json(obj: Any, path: str = "") -> tuple[Any, list[str]]:
+    """`obj` with every NaN or infinity replaced by None, and the dotted keys where that happened:
+    strict JSON readers (browsers, jq) reject the bare `NaN` that json.dumps writes."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [path or "(value)"]
+    if isinstance(obj, dict):
+        out, where = {}, []
+        for k, v in obj.items():
+            out[k], w = finite_json(v, f"{path}.{k}" if path else str(k))
+            where += w
+        return out, where
+    if isinstance(obj, (list, tuple)):
+        out, where = [], []
+        for i, v in enumerate(obj):
+            item, w = finite_json(v, f"{path}.{i}" if path else str(i))
+            out.append(item)
+            where += w
+        return out, where
+    return obj, []
+
+
+def json_line(record: dict) -> str:
+    """One strict JSON line; non-finite numbers become null, listed under `nonfinite`."""
+    clean, where = finite_json(record)
+    if where:
+        clean["nonfinite"] = where
+    return json.dumps(clean, sort_keys=False, allow_nan=False) + "\n"
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line and flush it to disk, so a crash loses at most the line in flight."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=False) + "\n")
+    with naming_a_full_disk(path), open(path, "a", encoding="utf-8") as f:
+        f.write(json_line(record))
         f.flush()
         os.fsync(f.fileno())
+
+
+def repair_torn_tail(path: str | Path) -> bool:
+    """Cut a last line that has no newline (a crash or a full disk mid-append left it), so the
+    next append starts a line of its own. True when something was cut."""
+    path = Path(path)
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return False
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return False
+            f.seek(max(size - (1 << 20), 0))
+            block = f.read()
+            keep = size - len(block) + block.rfind(b"\n") + 1 if b"\n" in block else 0
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+            return True
+    except FileNotFoundError:
+        return False
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -107,38 +164,6 @@ def fsync_tree(root: str | Path) -> None:
         fsync_dir(dirpath)
 
 
-def write_checksums(folder: str | Path, name: str = "CHECKSUMS.sha256") -> None:
-    """sha256 of every file under `folder` (except the checksum file), written last."""
-    folder = Path(folder)
-    lines = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != name):
-        lines.append(f"{sha256_file(path)}  {path.relative_to(folder).as_posix()}")
-    atomic_write_text(folder / name, "\n".join(lines) + "\n")
-
-
-def check_checksums(folder: str | Path, name: str = "CHECKSUMS.sha256") -> list[str]:
-    """Problems with `folder` against its checksum file; [] when every file matches."""
-    folder = Path(folder)
-    sums = folder / name
-    if not sums.exists():
-        return [f"{folder.name}: no {name} (incomplete)"]
-    expected = {}
-    for line in sums.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            digest, _, rel = line.partition("  ")
-            expected[rel] = digest
-    problems = []
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != name}
-    for rel, digest in expected.items():
-        if rel not in present:
-            problems.append(f"{folder.name}/{rel}: missing")
-        elif sha256_file(folder / rel) != digest:
-            problems.append(f"{folder.name}/{rel}: sha256 differs")
-    for rel in sorted(present - set(expected)):
-        problems.append(f"{folder.name}/{rel}: not in {name}")
-    return problems
-
-
 def replace_dir(tmp: str | Path, final: str | Path) -> None:
     """Move a finished temporary folder into place (replacing an older one at `final`)."""
     tmp, final = Path(tmp), Path(final)
@@ -152,27 +177,3 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
     else:
         os.replace(tmp, final)
     fsync_dir(final.parent)
-
-
-def natural_index(name: str, prefix: str) -> int | None:
-    """`ckpt_012` -> 12 for prefix 'ckpt_'; None when the name is not of that form."""
-    if not name.startswith(prefix):
-        return None
-    rest = name[len(prefix):]
-    return int(rest) if rest.isdigit() else None
-
-
-def pad_width(count: int) -> int:
-    """Zero padding of chunk and checkpoint numbers: 3 digits, more from 1000 on (SPEC 1)."""
-    return max(3, len(str(max(count - 1, 0))))
-
-
-def iter_batches(items: Iterable, size: int):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -49,14 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from llm360.errors import UserError
-from llm360.utils import append_jsonl, read_jsonl
+from llm360.analysis.records import out_dir, read_scores, read_summary  # noqa: F401  (re-exported)
+from llm360.rundir import STATE_FILE, RunDir, checkpoint_problems
+from llm360.utils import append_jsonl, fsync_dir, read_jsonl
 
 SCORE_COLUMNS = ("checkpoint", "step", "chunk", "row", "row_step", "seen", "score", "matched", "extractable",
                  "train_count", "time")
-
-
-def out_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "analysis" / "memorization"
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,48 +93,8 @@ def parse_chunks(spec, n_chunks: int) -> list[int]:
     return sorted(chunks)
 
 
-def select_checkpoints(infos: list, spec) -> list:
-    """Checkpoints named by "all", "last", [names] or "0,3,init" (numbers are chunk checkpoints)."""
-    if not infos:
-        return []
-    if spec is None or spec == "all":
-        return list(infos)
-    if spec == "last":
-        return [infos[-1]]
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
-    by_name = {i.name: i for i in infos}
-    chosen = []
-    for item in filter(None, items):
-        info = by_name.get(item)
-        if info is None and item.isdigit():
-            info = next((i for i in infos if i.name.startswith("ckpt_") and int(i.name[5:]) == int(item)), None)
-        if info is None:
-            raise UserError(f"no valid checkpoint {item!r}; the run has: {', '.join(i.name for i in infos)}")
-        if info not in chosen:
-            chosen.append(info)
-    return sorted(chosen, key=infos.index)
-
-
 # --------------------------------------------------------------------------------------------
 # records
-
-
-def read_summary(run_dir: str | Path) -> list[dict]:
-    """The latest summary record of each (checkpoint, chunk), in file order."""
-    latest: dict[tuple, dict] = {}
-    for rec in read_jsonl(out_dir(run_dir) / "summary.jsonl"):
-        key = (rec["checkpoint"], rec["chunk"])
-        latest.pop(key, None)
-        latest[key] = rec
-    return list(latest.values())
-
-
-def read_scores(run_dir: str | Path):
-    """scores.parquet as a pyarrow table (None when there is none yet)."""
-    import pyarrow.parquet as pq
-
-    path = out_dir(run_dir) / "scores.parquet"
-    return pq.read_table(path) if path.exists() else None
 
 
 def _scores_table(columns: dict):
@@ -159,6 +117,7 @@ def _write_parquet(table, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def consolidate(run_dir: str | Path, counter=None) -> int:
@@ -231,7 +190,6 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
     from llm360.data.store import RunData
     from llm360.model.generate import generate
     from llm360.model.hf import load_hf
-    from llm360.train.checkpoint import list_checkpoints, problems
 
     run_dir = Path(run_dir)
     console = Console(stderr=True, quiet=quiet)
@@ -257,10 +215,7 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     # checkpoints are renamed into place when complete; their hashes are checked before loading
-    infos = list_checkpoints(run_dir, spc)
-    chosen = select_checkpoints(infos, checkpoints if checkpoints is not None else mcfg.checkpoints)
-    if not chosen:
-        raise UserError(f"{run_dir} has no valid checkpoint to analyse: train it first (`llm360 train {run_dir}`)")
+    chosen = RunDir(run_dir).select(checkpoints if checkpoints is not None else mcfg.checkpoints, spc)
     chunk_list = parse_chunks(chunks, data.n_chunks)
     rows_of = {c: sample_rows(cfg.seed, c, data.rows_per_chunk, n) for c in chunk_list}
 
@@ -284,7 +239,7 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
             started, scored = time.perf_counter(), 0
             for info, cs in todo:
                 bar.update(task, description=info.name)
-                found = problems(info)
+                found = checkpoint_problems(info)
                 if found:
                     console.print(f"[yellow]skipping checkpoint {info.name}[/]: {escape(found[0])}")
                     bar.advance(task, len(cs) * n)
@@ -321,7 +276,7 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
 
 def skipped_steps(checkpoint: Path) -> list[int]:
     """The steps whose batch the spike guard skipped, up to this checkpoint (its trainer state)."""
-    path = Path(checkpoint) / "trainer_state" / "state.json"
+    path = Path(checkpoint) / STATE_FILE
     return json.loads(path.read_text()).get("skipped_steps", []) if path.exists() else []
 
 

@@ -393,7 +393,7 @@ def _run_data(run_dir: Path):
 
 
 def _chunk_hashes(data) -> list:
-    return [c.get("sha256") for c in data.manifest.get("chunks", [])]
+    return [c.sha256 for c in data.manifest.chunks]
 
 
 def build_index(run_dir: str | Path, *, backend: str | None = None, mem_bytes: int | None = None,

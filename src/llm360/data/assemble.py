@@ -35,7 +35,8 @@ import numpy as np
 from llm360.data.encode import read_docs
 from llm360.data.sources import Plan, uri_of, where
 from llm360.errors import UserError
-from llm360.utils import pad_width, sha256_file
+from llm360.rundir import pad_width
+from llm360.utils import sha256_file
 
 FORMAT = "llm360-data/1"
 ROW_BLOCK = 1 << 15  # rows gathered at a time when writing a chunk

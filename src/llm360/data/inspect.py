@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llm360.data.store import RunData, batch_at
 from llm360.errors import UserError
-from llm360.utils import pad_width
+from llm360.rundir import pad_width
 
 
 def cli_batch(args) -> int:
@@ -20,7 +20,7 @@ def cli_batch(args) -> int:
         return 0
     c, first = data.step_location(args.step)
     stage = data.stage_of_chunk(c)
-    print(f"step {args.step}: chunk {c} (stage {stage['index']} {stage['name']}), rows {first}..{first + data.global_batch_rows - 1} "
+    print(f"step {args.step}: chunk {c} (stage {stage.index} {stage.name}), rows {first}..{first + data.global_batch_rows - 1} "
           f"of {data.rows_per_chunk}; fingerprint {data.fingerprint[:16]}")
     for row in rows:
         print(f"\n=== row {row['row']}  source {row['source']}")

@@ -51,13 +51,8 @@ from llm360.data.encode import (
 from llm360.data.store import compute_fingerprint
 from llm360.data.tokenizer import load_existing, train_bpe, write_tokenizer_dir
 from llm360.errors import UserError
-from llm360.utils import (
-    atomic_write_json,
-    fsync_tree,
-    pad_width,
-    replace_dir,
-    sha256_file,
-)
+from llm360.rundir import pad_width
+from llm360.utils import atomic_write_json, fsync_tree, replace_dir, sha256_file
 
 PREPARE_DIR = ".prepare"
 

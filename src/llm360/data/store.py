@@ -10,66 +10,39 @@ Everything is read from RUN/data/manifest.json and the files it lists; nothing h
 
 from __future__ import annotations
 
-import hashlib
-import json
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from llm360.errors import UserError
+from llm360.rundir import DATA_FORMAT as FORMAT  # noqa: F401  (prepare writes it)
+from llm360.rundir import (ChunkInfo, HeldoutInfo, Manifest, RunDir, StageInfo, compute_fingerprint,  # noqa: F401
+                           read_manifest)
 from llm360.utils import sha256_file
-
-FORMAT = "llm360-data/1"
-
-
-def compute_fingerprint(manifest: dict) -> str:
-    """The data fingerprint (SPEC 3): sha256, as hex, of the UTF-8 bytes of
-
-        json.dumps([tokenizer_sha256, seq_len, global_batch_rows, steps_per_chunk,
-                    [chunk_000_sha256, chunk_001_sha256, ...]], separators=(",", ":"))
-
-    e.g. `["9f86...",128,16,16,["3a7b...","c01d..."]]`, hashes as lowercase hex strings.
-    """
-    body = [
-        manifest["tokenizer"]["sha256"],
-        int(manifest["seq_len"]),
-        int(manifest["global_batch_rows"]),
-        int(manifest["steps_per_chunk"]),
-        [c["sha256"] for c in sorted(manifest["chunks"], key=lambda c: c["index"])],
-    ]
-    return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode("utf-8")).hexdigest()
-
 
 class RunData:
     """The prepared data of a run directory (RUN/data), by the manifest."""
 
     def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.data_dir = self.run_dir / "data"
-        path = self.data_dir / "manifest.json"
-        if not path.exists():
-            raise UserError(f"{self.run_dir} has no prepared data ({path} is missing); run `llm360 prepare CONFIG --out {self.run_dir}` first")
-        try:
-            self.manifest: dict = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.root
+        self.data_dir = self.run.data_dir
+        self.manifest: Manifest = read_manifest(self.run)
         m = self.manifest
-        if m.get("format") != FORMAT:
-            raise UserError(f"{path}: format {m.get('format')!r}, this llm360 reads {FORMAT!r}")
-        self.seq_len: int = int(m["seq_len"])
-        self.row_tokens: int = int(m["row_tokens"])
-        self.global_batch_rows: int = int(m["global_batch_rows"])
-        self.steps_per_chunk: int = int(m["steps_per_chunk"])
-        self.rows_per_chunk: int = int(m["rows_per_chunk"])
-        self.n_chunks: int = len(m["chunks"])
-        self.total_steps: int = self.n_chunks * self.steps_per_chunk
-        self.fingerprint: str = m["fingerprint"]
-        self.eos_id: int = int(m["tokenizer"]["eos_id"])
-        self.vocab_size: int = int(m["tokenizer"]["vocab_size"])
-        self.dtype = np.dtype(m["dtype"])
-        self.tokenizer_dir: Path = self.data_dir / "tokenizer"
-        self.source_names: list[str] = [s["name"] for s in m["sources"]]
+        self.seq_len: int = m.seq_len
+        self.row_tokens: int = m.row_tokens
+        self.global_batch_rows: int = m.global_batch_rows
+        self.steps_per_chunk: int = m.steps_per_chunk
+        self.rows_per_chunk: int = m.rows_per_chunk
+        self.n_chunks: int = m.n_chunks
+        self.total_steps: int = m.total_steps
+        self.fingerprint: str = m.fingerprint
+        self.eos_id: int = m.tokenizer.eos_id
+        self.vocab_size: int = m.tokenizer.vocab_size
+        self.dtype = np.dtype(m.dtype)
+        self.tokenizer_dir: Path = self.run.tokenizer_dir
+        self.source_names: list[str] = m.source_names
         self._chunks: dict[int, np.ndarray] = {}
         self._spans: dict[int, object] = {}
         self._tokenizer = None
@@ -93,17 +66,17 @@ class RunData:
 
     # -- chunks and the step rule
 
-    def _check_chunk(self, c: int) -> dict:
+    def _check_chunk(self, c: int) -> ChunkInfo:
         if not 0 <= c < self.n_chunks:
             raise UserError(f"chunk {c} does not exist: {self.run_dir} has chunks 0..{self.n_chunks - 1}")
-        return self.manifest["chunks"][c]
+        return self.manifest.chunks[c]
 
     def chunk(self, c: int) -> np.ndarray:
         """Chunk c as a read-only memmap, shape (rows_per_chunk, seq_len + 1), in training order."""
         arr = self._chunks.get(c)
         if arr is None:
             entry = self._check_chunk(c)
-            path = self.data_dir / entry["file"]
+            path = self.data_dir / entry.file
             if not path.exists():
                 raise UserError(f"{path} is missing (listed in the manifest as chunk {c})")
             arr = self._chunks[c] = np.load(path, mmap_mode="r")
@@ -132,35 +105,35 @@ class RunData:
         start = first + rank * per
         return np.asarray(self.chunk(c)[start : start + per], dtype=np.int64)
 
-    def stage_of_chunk(self, c: int) -> dict:
+    def stage_of_chunk(self, c: int) -> StageInfo:
         self._check_chunk(c)
-        for stage in self.manifest["stages"]:
-            if stage["first_chunk"] <= c < stage["first_chunk"] + stage["chunks"]:
-                return stage
-        raise UserError(f"chunk {c} belongs to no stage in the manifest")
+        stage = self.manifest.stage_of_chunk(c)
+        if stage is None:
+            raise UserError(f"chunk {c} belongs to no stage in the manifest")
+        return stage
 
     # -- held-out rows
 
     @property
     def heldout_sources(self) -> list[str]:
-        return [h["source"] for h in self.manifest["heldout"] if h["rows"] > 0]
+        return [h.source for h in self.manifest.heldout if h.rows > 0]
 
-    def _heldout_entry(self, source: str) -> dict:
-        for h in self.manifest["heldout"]:
-            if h["source"] == source:
+    def _heldout_entry(self, source: str) -> HeldoutInfo:
+        for h in self.manifest.heldout:
+            if h.source == source:
                 return h
         raise UserError(f"no held-out rows for source {source!r}; sources: {', '.join(self.source_names)}")
 
     def heldout(self, source: str) -> np.ndarray:
         """Held-out rows of `source`, shape (heldout_rows, seq_len + 1); never in any chunk."""
         entry = self._heldout_entry(source)
-        path = self.data_dir / entry["file"]
-        return np.load(path, mmap_mode="r") if entry["rows"] else np.load(path)
+        path = self.data_dir / entry.file
+        return np.load(path, mmap_mode="r") if entry.rows else np.load(path)
 
     def heldout_spans(self, source: str):
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.data_dir / self._heldout_entry(source)["spans_file"])
+        return pq.read_table(self.data_dir / self._heldout_entry(source).spans_file)
 
     # -- provenance
 
@@ -171,7 +144,7 @@ class RunData:
             import pyarrow.parquet as pq
 
             entry = self._check_chunk(c)
-            table = pq.read_table(self.data_dir / entry["spans_file"])
+            table = pq.read_table(self.data_dir / entry.spans_file)
             if len(self._spans) >= 4:
                 self._spans.pop(next(iter(self._spans)))
             self._spans[c] = table
@@ -188,7 +161,7 @@ class RunData:
     def _documents(self):
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.data_dir / self.manifest["documents"]["file"])
+        return pq.read_table(self.data_dir / self.manifest.documents.file)
 
     def documents(self):
         """documents.parquet (pyarrow.Table): doc_id, source, uri, sha256, n_tokens, n_chars, stream_offset."""
@@ -205,8 +178,8 @@ class RunData:
         from llm360.data.sources import read_by_uri
 
         doc = self.document(doc_id)
-        source = next(s for s in self.manifest["sources"] if s["name"] == doc["source"])
-        return read_by_uri(source, doc["uri"])
+        source = next(s for s in self.manifest.sources if s.name == doc["source"])
+        return read_by_uri(source.as_config(), doc["uri"])
 
     # -- checks
 
@@ -216,18 +189,17 @@ class RunData:
         indices = range(self.n_chunks) if chunks is None else chunks
         for c in indices:
             entry = self._check_chunk(int(c))
-            for key, sha_key in (("file", "sha256"), ("spans_file", "spans_sha256")):
-                rel = f"data/{entry[key]}"
-                path = self.data_dir / entry[key]
+            for file, digest in ((entry.file, entry.sha256), (entry.spans_file, entry.spans_sha256)):
+                path = self.data_dir / file
                 if not path.exists():
-                    problems.append(f"{rel}: missing")
-                elif sha256_file(path) != entry[sha_key]:
-                    problems.append(f"{rel}: sha256 differs from the manifest")
-            path = self.data_dir / entry["file"]
-            if path.exists() and not any(p.startswith(f"data/{entry['file']}") for p in problems):
+                    problems.append(f"data/{file}: missing")
+                elif sha256_file(path) != digest:
+                    problems.append(f"data/{file}: sha256 differs from the manifest")
+            path = self.data_dir / entry.file
+            if path.exists() and not any(p.startswith(f"data/{entry.file}") for p in problems):
                 shape = np.load(path, mmap_mode="r").shape
                 if shape != (self.rows_per_chunk, self.row_tokens):
-                    problems.append(f"data/{entry['file']}: shape {shape}, expected {(self.rows_per_chunk, self.row_tokens)}")
+                    problems.append(f"data/{entry.file}: shape {shape}, expected {(self.rows_per_chunk, self.row_tokens)}")
         return problems
 
 

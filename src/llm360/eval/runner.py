@@ -34,7 +34,7 @@ from llm360.eval.tasks import (
     resolve_tasks,
     split_shots,
 )
-from llm360.train import checkpoint as ckpt
+from llm360.rundir import RunDir, checkpoint_problems, read_trainer_state
 
 HARNESSES = ("llm360", "lm-eval")
 
@@ -75,31 +75,6 @@ def load_eval_config(run_dir: Path, overrides: list[str]) -> EvalConfig:
     return validate(tree, source=f"{run_dir}/run.yaml").eval
 
 
-def select_checkpoints(run_dir: Path, spec: str, steps_per_chunk: int) -> list[ckpt.CheckpointInfo]:
-    """`all`, `last`, or a comma list of chunk numbers (`0,3,7` = ckpt_000, ...) and names."""
-    found = ckpt.list_checkpoints(run_dir, steps_per_chunk)
-    if not found:
-        raise UserError(f"{run_dir} has no checkpoints (no folders in {Path(run_dir) / 'checkpoints'}); "
-                        f"train it first: llm360 train {run_dir}")
-    spec = (spec or "all").strip()
-    if spec == "all":
-        return found
-    if spec == "last":
-        return [found[-1]]
-    by_name = {c.name: c for c in found}
-    chunk_names = {int(c.name[5:]): c for c in found if c.name.startswith("ckpt_")}
-    picked = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        info = chunk_names.get(int(item)) if item.isdigit() else by_name.get(item)
-        if info is None:
-            raise UserError(f"no checkpoint {item!r} in {run_dir}; checkpoints: {', '.join(c.name for c in found)}")
-        if info not in picked:
-            picked.append(info)
-    return picked
-
-
 class DamagedCheckpoint(UserError):
     """A checkpoint whose files do not match its CHECKSUMS.sha256: never evaluated."""
 
@@ -110,7 +85,7 @@ def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig, *, checkpoints: str 
     """Evaluate the chosen checkpoints of a run; the records of every (checkpoint, task) asked for."""
     run_dir = Path(run_dir)
     steps_per_chunk = load_run_config(run_dir).train.steps_per_chunk
-    infos = select_checkpoints(run_dir, checkpoints, steps_per_chunk)
+    infos = RunDir(run_dir).select(checkpoints, steps_per_chunk)
     records, refused = [], []
     for info in infos:
         try:
@@ -137,7 +112,7 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
         raise UserError(f"unknown harness {harness!r}; choose one of {', '.join(HARNESSES)}")
     run_dir = Path(run_dir)
     steps_per_chunk = load_run_config(run_dir).train.steps_per_chunk
-    infos = {c.name: c for c in ckpt.list_checkpoints(run_dir, steps_per_chunk)}
+    infos = {c.name: c for c in RunDir(run_dir).checkpoints(steps_per_chunk)}
     if name not in infos:
         raise UserError(f"no checkpoint {name!r} in {run_dir}; checkpoints: {', '.join(infos) or '(none)'}")
     info = infos[name]
@@ -146,12 +121,11 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
     log = EvalLog(run_dir)
     todo = [t for t in todo_tasks if force or not log.done(name, t.label, t.metrics)]
     if todo:
-        found = ckpt.problems(info)
+        found = checkpoint_problems(info)
         if found:
             raise DamagedCheckpoint(f"checkpoint {name} is damaged, not evaluating it: {'; '.join(found[:3])}")
-        state = json.loads((info.path / ckpt.STATE_DIR / "state.json").read_text())
-        where = {"checkpoint": name, "step": int(state.get("steps_done", info.steps_done)),
-                 "tokens": int(state.get("tokens", 0))}
+        state = read_trainer_state(info)
+        where = {"checkpoint": name, "step": state.steps_done, "tokens": int(state.tokens)}
         tb = TensorBoard(run_dir)
         try:
             run = _run_llm360 if harness == "llm360" else _run_lm_eval

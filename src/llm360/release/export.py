@@ -14,17 +14,19 @@ import shutil
 from pathlib import Path
 
 from llm360.errors import UserError
-from llm360.release.facts import Facts, checkpoint_order, gather, read_checksums, resolve_checkpoint
+from llm360.release.facts import Facts, gather
+from llm360.rundir import CHECKSUMS_FILE, STATE_DIR, CheckpointName, RunDir, checksum_problems, read_checksums
 from llm360.release.files import scan_tree, unsafe_path
 from llm360.release.text import human, md, md_code, md_table, thousands
-from llm360.utils import check_checksums, fsync_tree, sha256_file
+from llm360.utils import fsync_tree, sha256_file
 
-LEFT_BEHIND = ("trainer_state/", "CHECKSUMS.sha256")
+LEFT_BEHIND = (f"{STATE_DIR}/", CHECKSUMS_FILE)
 
 
 def export_hf(run_dir: str | Path, checkpoint: str, out: str | Path) -> Path:
     run_dir, out = Path(run_dir), Path(out)
-    folder = resolve_checkpoint(run_dir, checkpoint)
+    facts = gather(run_dir)
+    folder = RunDir(run_dir).resolve(checkpoint, facts.steps_per_chunk).path
     name = folder.name
     if folder.is_symlink():
         raise UserError(f"{folder} is a symbolic link; refusing to export it")
@@ -32,17 +34,16 @@ def export_hf(run_dir: str | Path, checkpoint: str, out: str | Path) -> Path:
     if scan.links or scan.odd:
         bad = sorted(scan.links) + sorted(scan.odd)
         raise UserError(f"checkpoint {name} holds links or special files ({', '.join(bad[:3])}); refusing to export it")
-    found = check_checksums(folder)
+    found = checksum_problems(folder)
     if found:
         raise UserError(f"checkpoint {name} fails its checksums, refusing to export it: " + "; ".join(found[:5]))
-    sums = read_checksums(folder / "CHECKSUMS.sha256")
+    sums = read_checksums(folder)
     unsafe = [rel for rel in sums if unsafe_path(rel) is not None]
     if unsafe:
         raise UserError(f"checkpoint {name}: CHECKSUMS.sha256 names paths outside it ({unsafe[0]!r}); refusing")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not empty; choose a new folder")
 
-    facts = gather(run_dir)
     row = next((c for c in facts.checkpoints if c["name"] == name), None)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -72,7 +73,7 @@ def export_hf(run_dir: str | Path, checkpoint: str, out: str | Path) -> Path:
 def readme(facts: Facts, name: str, row: dict | None) -> str:
     m = facts.model
     spc = facts.steps_per_chunk
-    steps = row["step"] if row else checkpoint_order(name, spc)[0]
+    steps = row["step"] if row else CheckpointName.parse(name).steps_done(spc)
     chunks_seen = steps // spc
     tokens = row["tokens"] if row else steps * facts.tokens_per_step
     skipped = [s for s in facts.skipped_batches() if s["step"] < steps]

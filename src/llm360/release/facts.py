@@ -14,7 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from llm360.utils import natural_index, read_jsonl
+from llm360.rundir import (EVAL_LOG, EVENTS_LOG, MANIFEST_FILE, MEMORIZATION_DIR, STATE_FILE, TRAIN_LOG,
+                           RunDir, read_checksums)
+from llm360.utils import read_jsonl
 
 FIRST_BATCH_ROWS = 4  # rows of step 0 shown decoded in the report
 
@@ -142,7 +144,7 @@ def _section(tree: dict, key: str) -> dict:
 def gather(run_dir: str | Path) -> Facts:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    manifest = _read_json(run_dir / "data" / "manifest.json")
+    manifest = _read_json(run_dir / MANIFEST_FILE)
     train_cfg, data_cfg = _section(config, "train"), _section(config, "data")
     facts = Facts(
         run_dir=run_dir,
@@ -150,10 +152,10 @@ def gather(run_dir: str | Path) -> Facts:
         config=config,
         env=_read_json(run_dir / "env.json"),
         manifest=manifest,
-        train=_read_records(run_dir / "metrics" / "train.jsonl"),
-        events=_read_records(run_dir / "metrics" / "events.jsonl"),
-        evals=_read_records(run_dir / "metrics" / "eval.jsonl"),
-        memorization=_latest(_read_records(run_dir / "analysis" / "memorization" / "summary.jsonl"),
+        train=_read_records(run_dir / TRAIN_LOG),
+        events=_read_records(run_dir / EVENTS_LOG),
+        evals=_read_records(run_dir / EVAL_LOG),
+        memorization=_latest(_read_records(run_dir / MEMORIZATION_DIR / "summary.jsonl"),
                              ("checkpoint", "chunk")),
         steps_per_chunk=int(manifest.get("steps_per_chunk") or train_cfg.get("steps_per_chunk") or 1),
         batch_rows=int(manifest.get("global_batch_rows") or train_cfg.get("global_batch_rows") or 1),
@@ -167,83 +169,22 @@ def gather(run_dir: str | Path) -> Facts:
 # -- checkpoints --------------------------------------------------------------------------------
 
 
-def checkpoint_order(name: str, steps_per_chunk: int) -> tuple[int, int] | None:
-    """(steps done, tie-break) of a checkpoint folder name; None for any other name."""
-    if name == "init":
-        return 0, 2
-    if (c := natural_index(name, "ckpt_")) is not None:
-        return (c + 1) * steps_per_chunk, 0
-    if (k := natural_index(name, "step_")) is not None:
-        return k, 1
-    return None
-
-
-def read_checksums(path: Path) -> dict[str, str]:
-    """CHECKSUMS.sha256 as {relative path: sha256}; {} when absent or unreadable."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    out = {}
-    for line in text.splitlines():
-        digest, sep, rel = line.partition("  ")
-        if sep and rel:
-            out[rel] = digest
-    return out
-
-
 def checkpoint_table(run_dir: Path, steps_per_chunk: int, tokens_per_step: int) -> list[dict]:
     """name, step (optimizer steps the weights have seen), tokens, chunks_seen, per checkpoint."""
-    root = run_dir / "checkpoints"
     rows = []
-    if not root.is_dir():
-        return rows
-    for path in root.iterdir():
-        order = checkpoint_order(path.name, steps_per_chunk)
-        if order is None or path.is_symlink() or not path.is_dir():
-            continue
-        steps = order[0]
-        state = _read_json(path / "trainer_state" / "state.json")
+    for info in RunDir(run_dir).checkpoints(steps_per_chunk):
+        state = _read_json(info.path / STATE_FILE)
         tokens = state.get("tokens")
-        sums = read_checksums(path / "CHECKSUMS.sha256")
-        weights = sums.get("model.safetensors") or sums.get("model.safetensors.index.json")
+        sums = read_checksums(info.path)
         rows.append({
-            "name": path.name,
-            "step": steps,
-            "tokens": int(tokens) if _finite(tokens) else steps * tokens_per_step,
-            "chunks_seen": steps // steps_per_chunk,
-            "weights_sha256": weights,
+            "name": info.name,
+            "step": info.steps_done,
+            "tokens": int(tokens) if _finite(tokens) else info.steps_done * tokens_per_step,
+            "chunks_seen": info.steps_done // steps_per_chunk,
+            "weights_sha256": sums.get("model.safetensors") or sums.get("model.safetensors.index.json"),
             "skipped_steps": [s for s in state.get("skipped_steps") or [] if isinstance(s, int)],
-            "_order": order,
         })
-    rows.sort(key=lambda r: (r["_order"][0], -r["_order"][1]))
-    for row in rows:
-        del row["_order"]
     return rows
-
-
-def resolve_checkpoint(run_dir: Path, spec: str) -> Path:
-    """`3`, `ckpt_003`, `init` or `step_0000005` -> the checkpoint folder (UserError if none)."""
-    from llm360.errors import UserError
-
-    root = Path(run_dir) / "checkpoints"
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    spec = str(spec).strip()
-    wanted = None
-    if spec.isdigit():
-        for name in names:
-            if natural_index(name, "ckpt_") == int(spec):
-                wanted = name
-    elif spec in names and checkpoint_order(spec, 1) is not None:
-        wanted = spec
-    elif spec.startswith("ckpt_") and spec[5:].isdigit():
-        for name in names:
-            if natural_index(name, "ckpt_") == int(spec[5:]):
-                wanted = name
-    if wanted is None:
-        known = ", ".join(n for n in names if checkpoint_order(n, 1) is not None) or "none"
-        raise UserError(f"{run_dir} has no checkpoint {spec!r}; checkpoints: {known}")
-    return root / wanted
 
 
 # -- model --------------------------------------------------------------------------------------

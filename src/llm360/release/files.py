@@ -17,10 +17,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from llm360.utils import CHUNK
+from llm360.utils import HASH_READ_BYTES
 
-RELEASE_FILE = "release.json"
-RELEASE_FORMAT = "llm360-release/1"
+from llm360.rundir import RELEASE_FILE, RELEASE_FORMAT  # noqa: F401  (the release's own names)
 
 
 @dataclass
@@ -116,7 +115,7 @@ def sha256_regular(path: str | Path, progress=None) -> str:
             raise OSError(f"{path} is not a regular file")
         h = hashlib.sha256()
         with os.fdopen(fd, "rb", closefd=False) as f:
-            while block := f.read(CHUNK):
+            while block := f.read(HASH_READ_BYTES):
                 h.update(block)
                 if progress is not None:
                     progress(len(block))

@@ -26,13 +26,10 @@ from llm360 import __version__
 from llm360.errors import UserError
 from llm360.release import cards, report
 from llm360.release.facts import Facts, gather
-from llm360.release.files import RELEASE_FILE, RELEASE_FORMAT, hash_files, link_leaves, scan_tree
+from llm360.release.files import hash_files, link_leaves, scan_tree
+from llm360.rundir import DATA_CARD, MODEL_CARD, RELEASE_FILE, RELEASE_FORMAT
+from llm360.rundir import REPORT_FILE as REPORT
 from llm360.utils import atomic_write_json, atomic_write_text, sha256_file
-
-FORMAT = RELEASE_FORMAT
-MODEL_CARD = "MODEL_CARD.md"
-DATA_CARD = "DATA_CARD.md"
-REPORT = "report/index.html"
 PACKAGES = ("torch", "numpy", "safetensors", "tokenizers", "pyarrow", "pyyaml", "pydantic", "transformers")
 CACHE_MARGIN_NS = 2_000_000_000  # clocks and file systems with coarse timestamps: stay on the safe side
 
@@ -87,7 +84,7 @@ def release_record(facts: Facts, created: float, files: list[dict], config_sha25
     env = facts.env
     m = facts.model
     return {
-        "format": FORMAT,
+        "format": RELEASE_FORMAT,
         "run": facts.name,
         "created": _utc(created),
         "software": software_versions(),

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llm360.errors import UserError
-from llm360.release.facts import checkpoint_order
+from llm360.rundir import (CHECKPOINTS_DIR, CHECKSUMS_FILE, MANIFEST_FILE, STATE_FILE, checkpoint_order, compute_fingerprint,
+                           is_checkpoint_name, parse_checksums)
 from llm360.release.files import (RELEASE_FILE, RELEASE_FORMAT, Scan, hash_files, link_leaves, scan_tree,
                                   through_link, unsafe_path)
 
@@ -102,12 +103,7 @@ def _read_checksums(run_dir: Path, rel: str, scan: Scan) -> dict[str, str] | Non
     data = _read_bytes(run_dir, rel, scan)
     if data is None:
         return None
-    out = {}
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        digest, sep, name = line.partition("  ")
-        if sep and name:
-            out[name] = digest
-    return out
+    return parse_checksums(data.decode("utf-8", errors="replace"))[0]
 
 
 # -- the checks -------------------------------------------------------------------------------
@@ -147,7 +143,7 @@ def check(run_dir: str | Path, progress: bool = False) -> Verification:
 
     findings += consistency(run_dir, record, scan, hashes)
     result.checkpoints = len({_checkpoint_of(rel) for rel in scan.files} - {None})
-    manifest = _read_json(run_dir, "data/manifest.json", scan)
+    manifest = _read_json(run_dir, MANIFEST_FILE, scan)
     result.chunks = len(manifest.get("chunks") or []) if isinstance(manifest, dict) else 0
     result.findings = _unique(findings)
     return result
@@ -232,7 +228,7 @@ def consistency(run_dir: Path, record: dict | None, scan: Scan, hashes: dict[str
     if "run.yaml" not in scan.files:
         findings.append(Finding("run.yaml", "missing", "the run's config is missing"))
 
-    manifest = _read_json(run_dir, "data/manifest.json", scan, findings)
+    manifest = _read_json(run_dir, MANIFEST_FILE, scan, findings)
     fingerprint = _check_data(run_dir, manifest, record, scan, hashes, findings)
     _check_checkpoints(run_dir, record, scan, hashes, fingerprint, findings)
     return findings
@@ -245,7 +241,7 @@ def _chunk_path(file: str) -> str:
 def _check_data(run_dir: Path, manifest, record: dict, scan: Scan, hashes: dict[str, str],
                 findings: list[Finding]) -> str | None:
     """Chunks against the manifest; returns the manifest's fingerprint when it holds."""
-    m = "data/manifest.json"
+    m = MANIFEST_FILE
     if manifest is None:
         if m not in scan.files and not any(f.path == m for f in findings):
             findings.append(Finding(m, "missing", "the data manifest is missing"))
@@ -284,7 +280,7 @@ def _check_data(run_dir: Path, manifest, record: dict, scan: Scan, hashes: dict[
 
     fingerprint = manifest.get("fingerprint")
     recomputed = _recompute_fingerprint(manifest)
-    if recomputed is not None and recomputed != fingerprint:
+    if recomputed != fingerprint:
         findings.append(Finding(m, "inconsistent", "the fingerprint recomputed from the manifest differs from the "
                                                    "one it records"))
         fingerprint = None
@@ -293,11 +289,7 @@ def _check_data(run_dir: Path, manifest, record: dict, scan: Scan, hashes: dict[
     return fingerprint
 
 
-def _recompute_fingerprint(manifest: dict) -> str | None:
-    try:
-        from llm360.data.store import compute_fingerprint
-    except ImportError:
-        return None
+def _recompute_fingerprint(manifest: dict) -> str:
     try:
         return compute_fingerprint(manifest)
     except Exception as e:  # a malformed manifest
@@ -323,7 +315,7 @@ def _manifest_files(manifest: dict):
 
 def _checkpoint_of(rel: str) -> str | None:
     parts = rel.split("/")
-    if len(parts) >= 3 and parts[0] == "checkpoints" and checkpoint_order(parts[1], 1) is not None:
+    if len(parts) >= 3 and parts[0] == CHECKPOINTS_DIR and is_checkpoint_name(parts[1]):
         return parts[1]
     return None
 
@@ -335,7 +327,7 @@ def _check_checkpoints(run_dir: Path, record: dict, scan: Scan, hashes: dict[str
         name = _checkpoint_of(rel)
         if name is not None:
             folders.setdefault(name, []).append(rel)
-    manifest = _read_json(run_dir, "data/manifest.json", scan)
+    manifest = _read_json(run_dir, MANIFEST_FILE, scan)
     spc = manifest.get("steps_per_chunk") if isinstance(manifest, dict) else None
     tokens_per_step = None
     if isinstance(manifest, dict) and isinstance(manifest.get("global_batch_rows"), int) \
@@ -344,16 +336,16 @@ def _check_checkpoints(run_dir: Path, record: dict, scan: Scan, hashes: dict[str
 
     for name, files in sorted(folders.items()):
         base = f"checkpoints/{name}"
-        sums = _read_checksums(run_dir, f"{base}/CHECKSUMS.sha256", scan)
+        sums = _read_checksums(run_dir, f"{base}/{CHECKSUMS_FILE}", scan)
         if sums is None:
-            findings.append(Finding(f"{base}/CHECKSUMS.sha256", "missing", "the checkpoint has no checksums "
+            findings.append(Finding(f"{base}/{CHECKSUMS_FILE}", "missing", "the checkpoint has no checksums "
                                                                           "(an incomplete write)"))
             continue
-        present = {rel[len(base) + 1:] for rel in files} - {"CHECKSUMS.sha256"}
+        present = {rel[len(base) + 1:] for rel in files} - {CHECKSUMS_FILE}
         for inner, digest in sorted(sums.items()):
             why = unsafe_path(inner)
             if why is not None:
-                findings.append(Finding(f"{base}/CHECKSUMS.sha256", "unsafe", f"lists {shown(inner)}, which {why}"))
+                findings.append(Finding(f"{base}/{CHECKSUMS_FILE}", "unsafe", f"lists {shown(inner)}, which {why}"))
             elif inner not in present:
                 findings.append(Finding(f"{base}/{inner}", "missing", "in the checkpoint's CHECKSUMS.sha256 but missing"))
             elif hashes.get(f"{base}/{inner}") != digest:
@@ -361,9 +353,9 @@ def _check_checkpoints(run_dir: Path, record: dict, scan: Scan, hashes: dict[str
                                                                           "CHECKSUMS.sha256"))
         for inner in sorted(present - set(sums)):
             findings.append(Finding(f"{base}/{inner}", "extra", "not in the checkpoint's CHECKSUMS.sha256"))
-        state = _read_json(run_dir, f"{base}/trainer_state/state.json", scan)
+        state = _read_json(run_dir, f"{base}/{STATE_FILE}", scan)
         if isinstance(state, dict) and fingerprint and state.get("fingerprint") not in (None, fingerprint):
-            findings.append(Finding(f"{base}/trainer_state/state.json", "inconsistent",
+            findings.append(Finding(f"{base}/{STATE_FILE}", "inconsistent",
                                     "trained on data with another fingerprint than data/manifest.json's"))
 
     if not record:
@@ -375,7 +367,7 @@ def _check_checkpoints(run_dir: Path, record: dict, scan: Scan, hashes: dict[str
     in_table = set()
     for row in table:
         name = row.get("name") if isinstance(row, dict) else None
-        if not isinstance(name, str) or checkpoint_order(name, 1) is None:
+        if not isinstance(name, str) or not is_checkpoint_name(name):
             findings.append(Finding(RELEASE_FILE, "invalid", f"checkpoint table entry {shown(str(name))} is not a "
                                                              "checkpoint name"))
             continue
@@ -389,7 +381,7 @@ def _check_checkpoints(run_dir: Path, record: dict, scan: Scan, hashes: dict[str
             if row.get("step") != steps or row.get("chunks_seen") != steps // spc:
                 findings.append(Finding(base, "inconsistent", f"release.json says step {row.get('step')}, chunks_seen "
                                                               f"{row.get('chunks_seen')}; the name means step {steps}"))
-        state = _read_json(run_dir, f"{base}/trainer_state/state.json", scan)
+        state = _read_json(run_dir, f"{base}/{STATE_FILE}", scan)
         if isinstance(state, dict):
             tokens = state.get("tokens")
             if tokens is None and isinstance(spc, int) and tokens_per_step:

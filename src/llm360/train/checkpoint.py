@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,68 +36,9 @@ from torch.distributed.checkpoint.state_dict import (
 
 from llm360.model.hf import load_state_dict as load_hf_state_dict
 from llm360.model.hf import save_hf
-from llm360.utils import (atomic_write_json, check_checksums, fsync_dir, fsync_tree, natural_index, pad_width,
-                          write_checksums)
-
-STATE_DIR = "trainer_state"
-
-
-@dataclass
-class CheckpointInfo:
-    name: str
-    path: Path
-    steps_done: int  # optimizer steps the weights have seen (ckpt_c: (c + 1) * steps_per_chunk)
-
-
-def chunk_checkpoint_name(chunk: int, n_chunks: int) -> str:
-    return f"ckpt_{chunk:0{pad_width(n_chunks)}d}"
-
-
-def step_checkpoint_name(steps_done: int) -> str:
-    return f"step_{steps_done:07d}"
-
-
-def steps_done_of(name: str, steps_per_chunk: int) -> int | None:
-    if name == "init":
-        return 0
-    if (c := natural_index(name, "ckpt_")) is not None:
-        return (c + 1) * steps_per_chunk
-    if (k := natural_index(name, "step_")) is not None:
-        return k
-    return None
-
-
-def list_checkpoints(run_dir: Path, steps_per_chunk: int) -> list[CheckpointInfo]:
-    """Every checkpoint folder of the run (valid or not), oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    found = []
-    if root.exists():
-        for path in root.iterdir():
-            steps = steps_done_of(path.name, steps_per_chunk)
-            if path.is_dir() and steps is not None:
-                found.append(CheckpointInfo(path.name, path, steps))
-    # at equal steps prefer the chunk checkpoint (ckpt_) over step_/init: same weights
-    order = {"ckpt": 0, "step": 1, "init": 2}
-    return sorted(found, key=lambda c: (c.steps_done, -order[c.name.split("_")[0]]))
-
-
-def problems(info: CheckpointInfo) -> list[str]:
-    found = check_checksums(info.path)
-    if not found and not (info.path / STATE_DIR / "state.json").exists():
-        found = [f"{info.name}: no {STATE_DIR}/state.json"]
-    return found
-
-
-def clean_temporaries(run_dir: Path) -> list[str]:
-    """Remove folders left by a checkpoint write that was interrupted; return their names."""
-    root = Path(run_dir) / "checkpoints"
-    removed = []
-    if root.exists():
-        for path in root.glob(".*.tmp*"):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    return removed
-
+from llm360.rundir import OPTIMIZER_FILE, RNG_FILE, STATE_DIR, STATE_FILE, RunDir, write_checksums
+from llm360.errors import naming_a_full_disk
+from llm360.utils import atomic_write_json, fsync_tree, replace_dir
 
 def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
@@ -112,29 +52,33 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer:
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=opts)
     optim = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
-    final = Path(run_dir) / "checkpoints" / name
+    run = RunDir(run_dir)
+    final = run.checkpoint_dir(name)
     if not collective or _is_rank0():
-        tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
+        tmp = run.checkpoint_temporary(name, os.getpid())
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_hf({k: v.contiguous() for k, v in weights.items()}, model_args, tmp, tokenizer_dir=tokenizer_dir)
-        if kill_during_write:  # fault injection: a real kill -9 in the middle of the write
-            os.kill(os.getpid(), signal.SIGKILL)
-        _save_trainer_state(tmp / STATE_DIR, optim, state)
-        fsync_tree(tmp)
-        write_checksums(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+        try:
+            with naming_a_full_disk(final):
+                tmp.mkdir(parents=True)
+                save_hf({k: v.contiguous() for k, v in weights.items()}, model_args, tmp, tokenizer_dir=tokenizer_dir)
+                if kill_during_write:  # fault injection: a real kill -9 in the middle of the write
+                    os.kill(os.getpid(), signal.SIGKILL)
+                _save_trainer_state(tmp, optim, state)
+                fsync_tree(tmp)
+                write_checksums(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # half a checkpoint is nothing to keep (and frees the disk)
+            raise
+        replace_dir(tmp, final)
     if collective and dist.is_initialized():
         dist.barrier()
     return final
 
 
 def _save_trainer_state(folder: Path, optim: dict | None, state: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """trainer_state/ inside checkpoint `folder`."""
+    (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
     tensors, groups = {}, []
     if optim is not None:
         for fqn, per_param in optim["state"].items():
@@ -142,18 +86,18 @@ def _save_trainer_state(folder: Path, optim: dict | None, state: dict) -> None:
                 tensors[f"{fqn}::{key}"] = value.detach().cpu().contiguous()
         for group in optim["param_groups"]:
             groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()})
-    save_file(tensors, folder / "optimizer.safetensors")
+    save_file(tensors, folder / OPTIMIZER_FILE)
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, folder / "rng.safetensors")
-    atomic_write_json(folder / "state.json", {**state, "param_groups": groups, "saved_at": time.time()})
+    save_file(rng, folder / RNG_FILE)
+    atomic_write_json(folder / STATE_FILE, {**state, "param_groups": groups, "saved_at": time.time()})
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Load weights (and optimizer state, when present) into a possibly sharded model; all
     ranks call this. Returns the saved progress (state.json)."""
-    state = json.loads((path / STATE_DIR / "state.json").read_text())
+    state = json.loads((path / STATE_FILE).read_text())
     # sharded (FSDP2) over several ranks: only rank 0 reads the files and the others receive
     # their shards, instead of every rank holding the whole model and optimizer in host memory
     sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
@@ -166,13 +110,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     if optimizer is not None and state.get("param_groups"):
         per_param: dict[str, dict] = {}
         if reads:
-            for key, value in load_file(path / STATE_DIR / "optimizer.safetensors").items():
+            for key, value in load_file(path / OPTIMIZER_FILE).items():
                 fqn, _, name = key.rpartition("::")
                 per_param.setdefault(fqn, {})[name] = value
         groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in state["param_groups"]]
         set_optimizer_state_dict(model, optimizer, {"state": per_param, "param_groups": groups},
                                  options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0))
-    rng = load_file(path / STATE_DIR / "rng.safetensors")
+    rng = load_file(path / RNG_FILE)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

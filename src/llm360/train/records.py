@@ -8,6 +8,7 @@ from, so every step appears exactly once.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -19,30 +20,35 @@ from pathlib import Path
 import torch
 
 import llm360
-from llm360.utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from llm360.errors import naming_a_full_disk
+from llm360.rundir import ENV_FILE, EVENTS_LOG, TENSORBOARD_DIR, TRAIN_LOG, RunDir
+from llm360.utils import append_jsonl, atomic_write_json, atomic_write_text, json_line, read_jsonl, repair_torn_tail
 
 
 class Records:
     def __init__(self, run_dir: Path, enabled: bool = True):
-        self.dir = Path(run_dir) / "metrics"
+        run = RunDir(run_dir)
+        self.train_log, self.events_log, self.tb_dir = run.path(TRAIN_LOG), run.path(EVENTS_LOG), run.path(TENSORBOARD_DIR)
         self.enabled = enabled
         self.tb = None
         self._train_file = None
         if enabled:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            run.metrics_dir.mkdir(parents=True, exist_ok=True)
+            repair_torn_tail(self.events_log)  # a line cut by a crash would swallow the next event
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.dir / "tb"))
+                self.tb = SummaryWriter(str(self.tb_dir))
             except ImportError:  # tensorboard is an extra; the JSONL files are the record
                 self.tb = None
 
     def event(self, kind: str, step: int, **details) -> dict:
         record = {"time": time.time(), "step": step, "kind": kind, **details}
         if self.enabled:
-            append_jsonl(self.dir / "events.jsonl", record)
+            append_jsonl(self.events_log, record)
             if self.tb is not None:
-                self.tb.add_text(f"events/{kind}", json.dumps(details), step)
+                with naming_a_full_disk(self.tb_dir):
+                    self.tb.add_text(f"events/{kind}", json_line(details), step)
         return record
 
     def step(self, record: dict) -> None:
@@ -51,21 +57,26 @@ class Records:
         resume anyway. An fsync per step costs more than the rest of the bookkeeping."""
         if not self.enabled:
             return
-        if self._train_file is None:
-            self._train_file = open(self.dir / "train.jsonl", "a", encoding="utf-8")
-        self._train_file.write(json.dumps(record) + "\n")
-        self._train_file.flush()
+        with naming_a_full_disk(self.train_log):
+            if self._train_file is None:
+                repair_torn_tail(self.train_log)
+                self._train_file = open(self.train_log, "a", encoding="utf-8")
+            self._train_file.write(json_line(record))
+            self._train_file.flush()
         if self.tb is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
-                value = record.get(key)
-                if isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+            with naming_a_full_disk(self.tb_dir):
+                for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+                    value = record.get(key)
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        self.tb.add_scalar(f"train/{key}", value, record["step"])
 
     def sync(self) -> None:
         if self._train_file is not None:
-            os.fsync(self._train_file.fileno())
+            with naming_a_full_disk(self.train_log):
+                os.fsync(self._train_file.fileno())
         if self.tb is not None:
-            self.tb.flush()
+            with naming_a_full_disk(self.tb_dir):
+                self.tb.flush()
 
     def truncate_steps(self, first_step: int) -> None:
         """Drop train.jsonl lines of steps >= first_step (they are about to be trained again)."""
@@ -74,11 +85,10 @@ class Records:
         if self._train_file is not None:
             self._train_file.close()
             self._train_file = None
-        path = self.dir / "train.jsonl"
-        if not path.exists():
+        if not self.train_log.exists():
             return
-        kept = [r for r in read_jsonl(path) if r["step"] < first_step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        kept = [r for r in read_jsonl(self.train_log) if isinstance(r.get("step"), int) and r["step"] < first_step]
+        atomic_write_text(self.train_log, "".join(json_line(r) for r in kept))
 
     def close(self) -> None:
         if self._train_file is not None:
@@ -86,8 +96,8 @@ class Records:
             self._train_file.close()
             self._train_file = None
         if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()
+            with naming_a_full_disk(self.tb_dir):
+                self.tb.close()
 
 
 def git_commit() -> str | None:
@@ -123,7 +133,7 @@ def environment(world_size: int, device: torch.device) -> dict:
 
 def write_env(run_dir: Path, env: dict) -> None:
     """env.json holds the first start; later starts are appended under `restarts`."""
-    path = Path(run_dir) / "env.json"
+    path = Path(run_dir) / ENV_FILE
     if path.exists():
         first = json.loads(path.read_text())
         first.setdefault("restarts", []).append(env)

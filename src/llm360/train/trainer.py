@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from llm360.config import ModelConfig, RunConfig, TrainConfig, load_run_config, save_config, validate
+from llm360.config import (ModelConfig, RunConfig, TrainConfig, apply_override, differences, load_run_config,
+                           save_config, to_dict, validate)
 from llm360.data.store import RunData, compute_fingerprint
 from llm360.errors import UserError
 from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args
+from llm360.rundir import (Checkpoint, checkpoint_problems, chunk_checkpoint_name, frozen_changes,
+                           step_checkpoint_name)
 from llm360.train import checkpoint as ckpt
 from llm360.train.parallel import (
     autocast,
@@ -40,11 +43,11 @@ from llm360.train.records import Records, environment, peak_flops, write_env
 from llm360.train.schedule import lr_at
 from llm360.train.optim import AdamWLowPrecision
 from llm360.train.prefetch import Prefetcher
+from llm360.train.policies import (CheckpointHook, CheckpointHooks, FaultInjection, Output, SpikeResponse,
+                                   StopTraining)
 from llm360.train.spike import KINDS, NONFINITE, SpikeGuard, reason
 
-
-class StopTraining(Exception):
-    """The spike guard's `stop` action (or too many rollbacks): training ends with a record."""
+__all__ = ["Trainer", "StopTraining", "CheckpointHook", "run_training", "apply_train_overrides"]
 
 
 def build_model_args(model_cfg: ModelConfig, vocab_size: int, seq_len: int) -> ModelArgs:
@@ -91,8 +94,9 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 @dataclass
-class Progress:
-    """What a checkpoint must carry to continue exactly (besides weights and optimizer)."""
+class Position:
+    """Where training stands: what a checkpoint must carry to continue exactly (besides weights,
+    optimizer moments and RNG states)."""
     steps_done: int = 0
     tokens: int = 0
     skipped_steps: list[int] = field(default_factory=list)
@@ -142,11 +146,10 @@ class InFlight:
 
 class Trainer:
     def __init__(self, run_dir: Path, train: TrainConfig, model: ModelConfig, seed: int,
-                 on_checkpoint: Callable[[str, int], None] | None = None, console=None, replay: bool = False):
+                 hooks: list[CheckpointHook] = (), console=None, replay: bool = False):
         self.run_dir = Path(run_dir)
         self.cfg = train
         self.seed = seed
-        self.on_checkpoint = on_checkpoint
         self.data = RunData(self.run_dir)
         self.dist = init_distributed(train.device, train.strategy, train.collective_timeout_minutes)
         self.strategy = resolve_strategy(train.strategy, self.dist.world)
@@ -155,18 +158,20 @@ class Trainer:
         self.args = build_model_args(model, self.data.vocab_size, self.data.seq_len)
         self.replaying = replay  # retrain without writing anything into the run
         self.records = Records(self.run_dir, enabled=self.dist.is_main and not replay)
-        self.console = console
+        self.output = Output(self.dist.is_main, console)
+        self.faults = FaultInjection(train.fault_injection)
+        self.on_spike = SpikeResponse(train.spike, self)
+        self.after_checkpoint = CheckpointHooks(list(hooks), self.records, self.output)
         self.guard = SpikeGuard(train.spike.zscore, train.spike.window, device=self.dist.device)
         self.batches = Prefetcher(self.data, self.dist.rank, self.dist.world, self.dist.device)
         self.in_flight: InFlight | None = None
         self.last_end = None  # the device event that ended the step before, when back to back
-        self.bar = None
-        self.progress = Progress()
+        self.position = Position()
+        self.tokens_per_step = self.data.global_batch_rows * self.data.seq_len
         self.flops_per_token = flops_per_token(self.args, self.data.seq_len)
         self.peak = peak_flops(self.dist.device)
         self.verified_chunks: set[int] = set()
-        self.rewarms = [(s["first_chunk"] * self.data.steps_per_chunk, s.get("rewarm_steps", 0))
-                        for s in self.data.manifest["stages"]]
+        self.rewarms = self.data.manifest.stage_starts()
         if train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # strict on CUDA: only then does flash attention's backward take its deterministic
@@ -176,7 +181,190 @@ class Trainer:
         else:
             torch.use_deterministic_algorithms(False)
 
-    # -- setup ------------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self, changes: dict | None = None) -> dict:
+        """Train from the newest valid checkpoint to the end. `changes`: settings that differ
+        from the run's record ({key: [old, new]}), recorded as an event where they take effect."""
+        total = self.data.total_steps
+        start = self._start()
+        if self.position.steps_done >= total:
+            self.output.say(f"training already finished: {total} steps, newest checkpoint {start.name}")
+            return {"finished": True, "steps": total, "resumed_from": start.name, "did_nothing": True}
+        kind = "start" if start.name == "init" else "resume"
+        self.records.event(kind, self.position.steps_done, checkpoint=start.name, world_size=self.dist.world,
+                           strategy=self.strategy, precision=self.precision, fingerprint=self.data.fingerprint)
+        if changes:
+            self.records.event("config_change", self.position.steps_done, changes=changes)
+        self.records.truncate_steps(self.position.steps_done)
+        self.output.say(f"{kind} at step {self.position.steps_done}/{total} from {start.name} "
+                        f"({self.dist.world} process(es), {self.strategy}, {self.precision}, {self.dist.device})")
+        try:
+            self.train_until(total)
+        except RuntimeError as e:
+            if "deterministic" not in str(e):
+                raise
+            raise UserError(f"train.deterministic is on, but {str(e).splitlines()[0]}; "
+                            "train with --train.deterministic=false on this device") from e
+        except StopTraining as e:
+            self.records.event("end", self.position.steps_done, reason=str(e), finished=False)
+            self.output.say(f"[red]training stopped:[/] {e}")
+            return {"finished": False, "steps": self.position.steps_done, "stopped": str(e)}
+        finally:
+            self.batches.close()
+            self.records.close()
+        self.records.event("end", total, finished=True, tokens=self.position.tokens)
+        return {"finished": True, "steps": total, "resumed_from": start.name}
+
+    def train_until(self, total: int) -> None:
+        with self.output.progress(total, self.position.steps_done):
+            self._loop(total)
+
+    def _loop(self, total: int, drain: bool = True) -> None:
+        """Each step's life, top to bottom: enter its chunk; queue it on the device (a batch
+        skipped earlier is passed over); record the step before it, which the device finished
+        meanwhile, and act on the guard's verdict (a rollback moves the position back and drops
+        the step just queued); checkpoint when due. The host never waits for the step it has
+        just queued (`drain=False` leaves the last one in flight: benchmarks step one at a time)."""
+        while self.position.steps_done < total or (drain and self.in_flight is not None):
+            step = self.position.steps_done
+            if step == total:  # nothing left to queue: the last step in flight is recorded
+                self._settle()
+                continue
+            self._enter_chunk(step)
+            queued = None if step in self.position.skipped_steps else self._train_step(step)
+            if not self._settle():
+                continue  # rolled back
+            if queued is None:
+                self._record(self._skipped_record(step))
+            self.in_flight = queued
+            self.position.steps_done, self.position.tokens = step + 1, self.position.tokens + self.tokens_per_step
+            name = self._checkpoint_due(step + 1)
+            if name is not None and self._settle():
+                self._checkpoint(name, step + 1)
+
+    def _checkpoint_due(self, steps_done: int) -> str | None:
+        if steps_done % self.data.steps_per_chunk == 0:
+            return chunk_checkpoint_name(steps_done // self.data.steps_per_chunk - 1, self.data.n_chunks)
+        if steps_done in self.cfg.extra_checkpoint_steps:
+            return step_checkpoint_name(steps_done)
+        return None
+
+    def _enter_chunk(self, step: int) -> None:
+        """Check the chunk's hash the first time it is trained on (a resume may land mid-chunk);
+        a stage starts at its first step."""
+        chunk, first = divmod(step, self.data.steps_per_chunk)
+        if chunk not in self.verified_chunks:
+            found = self.data.verify_chunks([chunk])
+            if found:
+                raise UserError(f"data chunk {chunk} does not match the manifest ({'; '.join(found)}); "
+                                "it was changed after prepare: training refuses to go on")
+            self.verified_chunks.add(chunk)
+        stage = self.data.stage_of_chunk(chunk)
+        if stage.first_chunk == chunk and first == 0:
+            self.records.event("stage_start", step, stage=stage.name, chunk=chunk, rewarm_steps=stage.rewarm_steps)
+
+    def _train_step(self, step: int) -> InFlight:
+        """Queue step `step` on the device: forward and backward over its micro-batches, the
+        gradient clip, the guard's verdict and the AdamW update, which the verdict gates on the
+        device. Nothing here reads a device value on the host."""
+        cfg, data, world = self.cfg, self.data, self.dist.world
+        flight = InFlight.begin(self.dist.device)
+        lr = self._lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        rows = self.batches.get(step).to(self.dist.device, non_blocking=True)
+        n_targets = data.global_batch_rows * data.seq_len
+        micro = cfg.micro_batch_rows
+        n_micro = rows.shape[0] // micro
+        loss_sum = torch.zeros((), device=self.dist.device, dtype=torch.float32)
+        poisoned = self.faults.poisons(step)
+        self.model.train()
+        for i in range(n_micro):
+            batch = rows[i * micro:(i + 1) * micro]
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            with gradient_sync(self.model, i == n_micro - 1), autocast(self.precision, self.dist.device):
+                logits = self.model(inputs)  # (micro, T, V)
+                ce = self.loss_fn(logits, targets)
+                if poisoned:
+                    ce = ce * float("nan")
+                # DDP and FSDP average gradients over ranks, hence the factor `world`: the
+                # gradient is that of the mean loss over all targets of the global batch
+                (ce * (world / n_targets)).backward()
+            loss_sum += ce.detach()
+        if dist.is_initialized():
+            dist.all_reduce(loss_sum)
+        loss = loss_sum / n_targets
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = clip_gradients(self.model.parameters(), max_norm)
+        verdict = self.guard.judge(loss, grad_norm)
+        if self.on_spike.withholds:
+            drop, take = verdict.bad, ~verdict.bad
+        else:  # judged and recorded, never withheld; the history stays finite
+            drop, take = torch.zeros_like(verdict.bad), verdict.kind != NONFINITE
+        # `found_inf` is the hook of torch's fused AdamW for AMP's grad scaler: when it is 1 the
+        # kernel leaves weights, moments and step count as they were, decided on the device
+        # (test_train.py::test_found_inf_withholds_the_update pins this behaviour of torch)
+        self.optimizer.found_inf = drop.float()
+        if isinstance(self.optimizer, AdamWLowPrecision):  # rounding that a resume or replay repeats
+            # FSDP: each rank rounds its own shard; replicas (DDP) must round alike or they drift apart
+            shard = self.dist.rank if self.strategy == "fsdp" else 0
+            self.optimizer.rounding_seed = rounding_seed(self.seed, step, shard)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.guard.accept(loss, take)
+        flight.record.update(step=step, chunk=step // data.steps_per_chunk, lr=lr,
+                             tokens=self.position.tokens + self.tokens_per_step)
+        flight.finish(torch.cat([torch.stack([loss.double(), grad_norm.double()]), verdict.stacked()]))
+        return flight
+
+    def _settle(self) -> bool:
+        """Read the step in flight (waiting for the device if it is not done), record it and act
+        on the guard's verdict. False when that verdict rolled training back."""
+        flight, self.in_flight = self.in_flight, None
+        if flight is None:
+            return True
+        loss, grad_norm, bad, kind, mean, std, n = flight.read()
+        record = flight.record | {"loss": loss, "grad_norm": grad_norm, "time": time.time()}
+        dt = flight.seconds(self.last_end)
+        self.last_end = flight.end
+        if kind:
+            why = reason(int(kind), loss, grad_norm, mean, std, int(n))
+            if bad and self.on_spike.withholds:
+                record = self.on_spike(record, KINDS[int(kind)], why)
+                if record is None:
+                    return False
+            else:
+                self.records.event(KINDS[int(kind)], record["step"], chunk=record["chunk"], action="log", reason=why)
+        record["step_time"] = dt
+        if not record.get("skipped"):
+            tps = self.tokens_per_step / dt
+            record.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak if self.peak else None)
+        self._record(record)
+        return True
+
+    def _record(self, record: dict) -> None:
+        self.records.step(record)
+        self.output.step(record)
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def _start(self) -> Checkpoint:
+        """Build the model and load the newest valid checkpoint (writing `init` first in a new run)."""
+        if self.dist.is_main:
+            for path in self.data.run.checkpoint_temporaries():
+                shutil.rmtree(path, ignore_errors=True)
+                self.output.say(f"removed an interrupted checkpoint write: {path.name}")
+            write_env(self.run_dir, environment(self.dist.world, self.dist.device))
+        if dist.is_initialized():
+            dist.barrier()
+        self._build()
+        start = self.agreed_checkpoint()
+        if start is None:
+            self._write_init()
+            start = self.agreed_checkpoint()
+        self.restore(start)
+        return start
 
     def _check_shapes(self) -> None:
         cfg, data, world = self.cfg, self.data, self.dist.world
@@ -223,10 +411,10 @@ class Trainer:
             fused=True)
 
     def _state(self) -> dict:
-        return {"steps_done": self.progress.steps_done, "tokens": self.progress.tokens,
-                "skipped_steps": sorted(self.progress.skipped_steps), "rollbacks": self.progress.rollbacks,
+        return {"steps_done": self.position.steps_done, "tokens": self.position.tokens,
+                "skipped_steps": sorted(self.position.skipped_steps), "rollbacks": self.position.rollbacks,
                 "spike": self.guard.state_dict(), "fingerprint": self.data.fingerprint,
-                "world_size": self.dist.world, "seed": self.seed}
+                "world_size": self.dist.world, "seed": self.seed, "settings": self.cfg.model_dump(mode="json")}
 
     def _write_init(self) -> None:
         """`checkpoints/init`: the seeded initial weights, written once from an unsharded model."""
@@ -240,7 +428,7 @@ class Trainer:
         if dist.is_initialized():
             dist.barrier()
 
-    def _restore(self, info: ckpt.CheckpointInfo) -> None:
+    def restore(self, info: Checkpoint) -> None:
         self.in_flight = self.last_end = None
         if info.name == "init":  # no optimizer state yet: start from fresh moments (matters on a rollback)
             self.optimizer = self._new_optimizer()
@@ -252,373 +440,146 @@ class Trainer:
         # --train.weight_decay=...` may change them; lr is set at every step)
         for group, weight_decay in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0)):
             group.update(betas=tuple(self.cfg.betas), eps=self.cfg.eps, weight_decay=weight_decay)
-        self.progress = Progress(steps_done=info.steps_done, tokens=state.get("tokens", 0),
+        self.position = Position(steps_done=info.steps_done, tokens=state.get("tokens", 0),
                                  skipped_steps=list(state.get("skipped_steps", [])),
                                  rollbacks=state.get("rollbacks", 0))
         self.guard.load_state_dict(state.get("spike", {}))
 
-    def _newest_valid(self, before_step: int | None = None) -> ckpt.CheckpointInfo | None:
-        for info in reversed(ckpt.list_checkpoints(self.run_dir, self.data.steps_per_chunk)):
+    def _newest_valid(self, before_step: int | None = None) -> Checkpoint | None:
+        for info in reversed(self.data.run.checkpoints(self.data.steps_per_chunk)):
             if before_step is not None and info.steps_done > before_step:
                 continue
-            found = ckpt.problems(info)
+            found = checkpoint_problems(info)
             if not found:
                 return info
-            self._say(f"[yellow]warning:[/] checkpoint {info.name} is damaged ({found[0]}); skipping it")
+            self.output.say(f"[yellow]warning:[/] checkpoint {info.name} is damaged ({found[0]}); skipping it")
             self.records.event("corrupt_checkpoint", info.steps_done, checkpoint=info.name, problems=found[:10])
         return None
 
-    def _newest_valid_on_rank0(self, before_step: int | None = None) -> ckpt.CheckpointInfo | None:
-        """Only rank 0 reads and hashes the checkpoints; `_agreed` tells the others its answer."""
-        if dist.is_initialized() and not self.dist.is_main:
-            return None
-        return self._newest_valid(before_step)
-
-    def _agreed(self, info: ckpt.CheckpointInfo | None) -> ckpt.CheckpointInfo | None:
-        """Rank 0's choice of checkpoint, on every rank. Each rank looks at the folder itself, but
-        one that looks while rank 0 is writing `init` would see another folder, and ranks that
+    def agreed_checkpoint(self, before_step: int | None = None) -> Checkpoint | None:
+        """The newest valid checkpoint (at most `before_step` steps in), as rank 0 sees it, on
+        every rank. Only rank 0 reads and hashes the checkpoints; each rank looking for itself
+        could see another folder (one that looks while rank 0 writes `init`), and ranks that
         disagree on which checkpoint to load (or whether to write one) wait on each other forever."""
         if not dist.is_initialized():
-            return info
-        box = [info.name if info is not None else None]
+            return self._newest_valid(before_step)
+        box = [None]
+        if self.dist.is_main:
+            info = self._newest_valid(before_step)
+            box = [info.name if info is not None else None]
         dist.broadcast_object_list(box, src=0)
         if box[0] is None:
             return None
-        found = [i for i in ckpt.list_checkpoints(self.run_dir, self.data.steps_per_chunk) if i.name == box[0]]
+        found = [i for i in self.data.run.checkpoints(self.data.steps_per_chunk) if i.name == box[0]]
         if not found:
             raise UserError(f"rank {self.dist.rank} does not see checkpoint {box[0]} that rank 0 chose: "
                             f"is {self.run_dir} on a file system that all processes share?")
         return found[0]
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- what a step is ---------------------------------------------------------------------------
 
-    def fit(self) -> dict:
-        total = self.data.total_steps
-        if self.dist.is_main:
-            for name in ckpt.clean_temporaries(self.run_dir):
-                self._say(f"removed an interrupted checkpoint write: {name}")
-            write_env(self.run_dir, environment(self.dist.world, self.dist.device))
-        if dist.is_initialized():
-            dist.barrier()
-        self._build()
-        start = self._agreed(self._newest_valid_on_rank0())
-        if start is None:
-            self._write_init()
-            start = self._agreed(self._newest_valid_on_rank0())
-        self._restore(start)
-        if self.progress.steps_done >= total:
-            self._say(f"training already finished: {total} steps, newest checkpoint {start.name}")
-            return {"finished": True, "steps": total, "resumed_from": start.name, "did_nothing": True}
-        kind = "start" if start.name == "init" else "resume"
-        self.records.event(kind, self.progress.steps_done, checkpoint=start.name, world_size=self.dist.world,
-                           strategy=self.strategy, precision=self.precision, fingerprint=self.data.fingerprint)
-        self.records.truncate_steps(self.progress.steps_done)
-        self._say(f"{kind} at step {self.progress.steps_done}/{total} from {start.name} "
-                  f"({self.dist.world} process(es), {self.strategy}, {self.precision}, {self.dist.device})")
-        try:
-            self._loop(total)
-        except RuntimeError as e:
-            if "deterministic" not in str(e):
-                raise
-            raise UserError(f"train.deterministic is on, but {str(e).splitlines()[0]}; "
-                            "train with --train.deterministic=false on this device") from e
-        except StopTraining as e:
-            self.records.event("end", self.progress.steps_done, reason=str(e), finished=False)
-            self._say(f"[red]training stopped:[/] {e}")
-            return {"finished": False, "steps": self.progress.steps_done, "stopped": str(e)}
-        finally:
-            self.batches.close()
-            self.records.close()
-        self.records.event("end", total, finished=True, tokens=self.progress.tokens)
-        return {"finished": True, "steps": total, "resumed_from": start.name}
-
-    def replay(self, start: ckpt.CheckpointInfo, until_step: int, skipped_steps: list[int]) -> dict:
-        """Train from `start` to `until_step` exactly as recorded (skipping the batches the
-        original run skipped) and return the full weights; nothing is written."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        self._build()
-        self._restore(start)
-        self.progress.skipped_steps = sorted(set(self.progress.skipped_steps) | set(skipped_steps))
-        self._loop(until_step)
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def _loop(self, total: int) -> None:
-        bar = self._progress_bar(total)
-        with bar:
-            self.bar = (bar, bar.add_task("train", total=total, completed=self.progress.steps_done,
-                                          loss=float("nan"), tps=0.0))
-            while self.progress.steps_done < total or self.in_flight is not None:
-                if self.progress.steps_done < total:
-                    self.advance()
-                else:
-                    self._settle()
-        self.bar = None
-
-    def advance(self) -> None:
-        """One global step: queue it on the device (or pass over a skipped batch), read the step
-        before it, and write the checkpoint that follows it, if any. The host never waits for
-        the step it has just queued; when the step before turns out bad and the action is a
-        rollback, the step counter goes back and the queued step is dropped."""
-        spc = self.data.steps_per_chunk
-        step = self.progress.steps_done
-        if step % spc == 0 or step // spc not in self.verified_chunks:  # (a resume may land mid-chunk)
-            self._enter_chunk(step // spc, step)
-        tokens = self.progress.tokens + self.data.global_batch_rows * self.data.seq_len
-        if step in self.progress.skipped_steps:
-            if not self._settle():
-                return
-            self._finish(self._skipped_record(step) | {"tokens": tokens, "time": time.time(), "step_time": 0.0})
-            self.last_end = None
-        else:
-            flight = self._train_step(step)
-            flight.record["tokens"] = tokens
-            if not self._settle():  # the step before: recorded now, while the device works on this one
-                return
-            self.in_flight = flight
-        self.progress.steps_done = step + 1
-        self.progress.tokens = tokens
-        done = step + 1
-        if done % spc == 0:
-            self._checkpoint(ckpt.chunk_checkpoint_name(done // spc - 1, self.data.n_chunks), done)
-        elif done in self.cfg.extra_checkpoint_steps:
-            self._checkpoint(ckpt.step_checkpoint_name(done), done)
-
-    def _settle(self) -> bool:
-        """Read the step in flight (waiting for the device if it is not done), record it and act
-        on the guard's verdict. False when that verdict rolled training back."""
-        flight, self.in_flight = self.in_flight, None
-        if flight is None:
-            return True
-        loss, grad_norm, bad, kind, mean, std, n = flight.read()
-        record = flight.record | {"loss": loss, "grad_norm": grad_norm, "time": time.time()}
-        dt = flight.seconds(self.last_end)
-        self.last_end = flight.end
-        if bad and self.cfg.spike.action != "log":
-            record = self._bad_step(record, KINDS[int(kind)], reason(int(kind), loss, grad_norm, mean, std, int(n)))
-            if record is None:
-                return False
-        elif kind:
-            self.records.event(KINDS[int(kind)], record["step"], chunk=record["chunk"], action="log",
-                               reason=reason(int(kind), loss, grad_norm, mean, std, int(n)))
-        record["step_time"] = dt
-        if not record.get("skipped"):
-            tps = self.data.global_batch_rows * self.data.seq_len / dt
-            record.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak if self.peak else None)
-        self._finish(record)
-        return True
-
-    def _finish(self, record: dict) -> None:
-        self.records.step(record)
-        if self.bar is not None:
-            bar, task = self.bar
-            bar.update(task, completed=record["step"] + 1, loss=record.get("loss") or float("nan"),
-                       tps=record.get("tokens_per_s") or 0.0)
-
-    def _enter_chunk(self, chunk: int, step: int) -> None:
-        if chunk not in self.verified_chunks:
-            found = self.data.verify_chunks([chunk])
-            if found:
-                raise UserError(f"data chunk {chunk} does not match the manifest ({'; '.join(found)}); "
-                                "it was changed after prepare: training refuses to go on")
-            self.verified_chunks.add(chunk)
-        stage = self.data.stage_of_chunk(chunk)
-        if stage["first_chunk"] == chunk and step % self.data.steps_per_chunk == 0:
-            self.records.event("stage_start", step, stage=stage["name"], chunk=chunk,
-                               rewarm_steps=stage.get("rewarm_steps", 0))
-
-    def _train_step(self, step: int) -> InFlight:
-        """Queue step `step` on the device: forward and backward over its micro-batches, the
-        gradient clip, the guard's verdict and the AdamW update, which the verdict gates on the
-        device. Nothing here reads a device value on the host."""
-        cfg, data, world = self.cfg, self.data, self.dist.world
-        flight = InFlight.begin(self.dist.device)
-        lr = self._lr(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        rows = self.batches.get(step).to(self.dist.device, non_blocking=True)
-        n_targets = data.global_batch_rows * data.seq_len
-        micro = cfg.micro_batch_rows
-        n_micro = rows.shape[0] // micro
-        loss_sum = torch.zeros((), device=self.dist.device, dtype=torch.float32)
-        inject_nan = step in cfg.fault_injection.nan_at_steps
-        self.model.train()
-        for i in range(n_micro):
-            batch = rows[i * micro:(i + 1) * micro]
-            inputs, targets = batch[:, :-1], batch[:, 1:]
-            with gradient_sync(self.model, i == n_micro - 1), autocast(self.precision, self.dist.device):
-                logits = self.model(inputs)  # (micro, T, V)
-                ce = self.loss_fn(logits, targets)
-                if inject_nan:
-                    ce = ce * float("nan")
-                # DDP and FSDP average gradients over ranks, hence the factor `world`: the
-                # gradient is that of the mean loss over all targets of the global batch
-                (ce * (world / n_targets)).backward()
-            loss_sum += ce.detach()
-        if dist.is_initialized():
-            dist.all_reduce(loss_sum)
-        loss = loss_sum / n_targets
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = clip_gradients(self.model.parameters(), max_norm)
-        verdict = self.guard.judge(loss, grad_norm)
-        if cfg.spike.action == "log":  # judged and recorded, never withheld; the history stays finite
-            drop, take = torch.zeros_like(verdict.bad), verdict.kind != NONFINITE
-        else:
-            drop, take = verdict.bad, ~verdict.bad
-        self.optimizer.found_inf = drop.float()  # AdamW leaves weights, moments and step as they were
-        if isinstance(self.optimizer, AdamWLowPrecision):  # rounding that a resume or replay repeats
-            # FSDP: each rank rounds its own shard; replicas (DDP) must round alike or they drift apart
-            shard = self.dist.rank if self.strategy == "fsdp" else 0
-            self.optimizer.rounding_seed = rounding_seed(self.seed, step, shard)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.guard.accept(loss, take)
-        flight.record.update(step=step, chunk=step // data.steps_per_chunk, lr=lr)
-        flight.finish(torch.cat([torch.stack([loss.double(), grad_norm.double()]), verdict.stacked()]))
-        return flight
-
-    # -- the spike guard's actions ------------------------------------------------------------
-
-    def _rows_of(self, step: int) -> dict:
+    def rows_of(self, step: int) -> dict:
         chunk, first = self.data.step_location(step)
         return {"step": step, "chunk": chunk, "rows": [first, first + self.data.global_batch_rows]}
-
-    def _bad_step(self, record: dict, kind: str, reason: str) -> dict | None:
-        """Act on a bad step: the record to write (skip), None after a rollback, or StopTraining.
-        The device has already withheld the step's update."""
-        step, action = record["step"], self.cfg.spike.action
-        self.records.event(kind, step, chunk=record["chunk"], reason=reason, loss=record["loss"],
-                           grad_norm=record["grad_norm"], action=action)
-        self._say(f"[yellow]{kind} at step {step}:[/] {reason} -> {action}")
-        if action == "stop":
-            self.progress.steps_done = step
-            raise StopTraining(f"{kind} at step {step}: {reason}")
-        if action == "skip":
-            self.progress.skipped_steps.append(step)
-            self.records.event("skip_batch", step, reason=kind, skipped=[self._rows_of(step)])
-            return {**record, "skipped": True}
-        # rollback: back to the newest valid checkpoint before the spike, then skip its batches
-        if self.progress.rollbacks >= self.cfg.spike.max_rollbacks:
-            self.progress.steps_done = step
-            raise StopTraining(f"{kind} at step {step} after {self.progress.rollbacks} rollbacks "
-                               f"(train.spike.max_rollbacks)")
-        target = self._agreed(self._newest_valid_on_rank0(before_step=step))
-        if target is None:
-            self.progress.steps_done = step
-            raise StopTraining(f"{kind} at step {step}: no valid checkpoint to roll back to")
-        skipped = [s for s in range(step, min(step + self.cfg.spike.skip_batches, self.data.total_steps))]
-        memory = sorted(set(self.progress.skipped_steps) | set(skipped))
-        rollbacks = self.progress.rollbacks + 1
-        self._restore(target)
-        self.progress.skipped_steps = memory
-        self.progress.rollbacks = rollbacks
-        self.records.event("rollback", step, to_checkpoint=target.name, to_step=target.steps_done, reason=kind,
-                           skipped=[self._rows_of(s) for s in skipped])
-        self.records.event("skip_batch", step, reason=kind, skipped=[self._rows_of(s) for s in skipped])
-        self.records.truncate_steps(target.steps_done)
-        return None
 
     def _lr(self, step: int) -> float:
         return lr_at(step, lr=self.cfg.lr, min_lr=self.cfg.min_lr, warmup_steps=self.cfg.warmup_steps,
                      total_steps=self.data.total_steps, rewarms=self.rewarms)
 
     def _skipped_record(self, step: int) -> dict:
+        self.last_end = None
         return {"step": step, "chunk": step // self.data.steps_per_chunk, "loss": None, "lr": self._lr(step),
-                "grad_norm": None, "skipped": True}
+                "grad_norm": None, "skipped": True, "tokens": self.position.tokens + self.tokens_per_step,
+                "time": time.time(), "step_time": 0.0}
 
     # -- checkpoints --------------------------------------------------------------------------
 
     def _checkpoint(self, name: str, steps_done: int) -> None:
-        if not self._settle():  # the last step of the chunk: recorded (or rolled back) first
-            return
         self.last_end = None  # the write is not the next step's time
         if self.replaying:
             return
         self.records.sync()  # the record of every step up to here is durable with the checkpoint
-        kill = name in self.cfg.fault_injection.kill_in_checkpoint
+        if not self._weights_finite():
+            self.records.event("nonfinite_weights", steps_done - 1, checkpoint=name, action=self.cfg.spike.action)
+            raise StopTraining(f"the weights are no longer finite after step {steps_done - 1}, so {name} is not "
+                               f"written (train.spike.action is {self.cfg.spike.action!r}); resume from the last "
+                               "checkpoint with --train.spike.action=skip or rollback")
         ckpt.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self._state(), self.args,
-                             self.data.tokenizer_dir, kill_during_write=kill)
+                             self.data.tokenizer_dir, kill_during_write=self.faults.kills_during(name))
         self.records.event("checkpoint", steps_done - 1, checkpoint=name, steps_done=steps_done,
-                           tokens=self.progress.tokens)
-        if self.cfg.fault_injection.exit_after_steps and steps_done in self.cfg.fault_injection.exit_after_steps:
-            self.records.close()
-            os._exit(17)  # fault injection: the process dies right after this checkpoint
-        if self.on_checkpoint is not None and name.startswith("ckpt_") and self.dist.is_main:
-            try:
-                self.on_checkpoint(name, steps_done)
-            except StopTraining:  # a hook may end training on purpose
-                raise
-            except Exception as e:  # an evaluation that fails must not end a training run
-                self.records.event("eval_failed", steps_done - 1, checkpoint=name, error=f"{type(e).__name__}: {e}")
-                self._say(f"[yellow]warning:[/] evaluating {name} failed ({type(e).__name__}: {e}); training goes on, "
-                          f"and `llm360 eval RUN --checkpoints {name}` can redo it")
+                           tokens=self.position.tokens)
+        self.faults.after_checkpoint(steps_done, self.records)
+        if name.startswith("ckpt_") and self.dist.is_main:
+            self.after_checkpoint(name, steps_done)
         if dist.is_initialized():
             dist.barrier()
 
-    # -- output -------------------------------------------------------------------------------
+    def _weights_finite(self) -> bool:
+        """Whether every weight is finite (each rank checks its own shard)."""
+        bad = torch.zeros((), device=self.dist.device)
+        for p in self.model.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            bad += (~torch.isfinite(local.detach())).sum()
+        if dist.is_initialized():
+            dist.all_reduce(bad)
+        return int(bad) == 0
 
-    def _say(self, text: str) -> None:
-        if self.dist.is_main:
-            from rich.console import Console
+    def replay(self, start: Checkpoint, until_step: int, skipped_steps: list[int]) -> dict:
+        """Train from `start` to `until_step` exactly as recorded (skipping the batches the
+        original run skipped) and return the full weights; nothing is written."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            (self.console or Console(stderr=True)).print(text)
-
-    def _progress_bar(self, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        return Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-            TimeRemainingColumn(), disable=not self.dist.is_main, transient=False,
-            console=self.console,
-        )
+        self._build()
+        self.restore(start)
+        self.position.skipped_steps = sorted(set(self.position.skipped_steps) | set(skipped_steps))
+        self.train_until(until_step)
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def run_training(run_dir: Path, cfg: RunConfig, on_checkpoint=None) -> dict:
-    trainer = Trainer(run_dir, cfg.train, cfg.model, cfg.seed, on_checkpoint=on_checkpoint)
+def run_training(run_dir: Path, cfg: RunConfig, on_checkpoint: CheckpointHook | None = None) -> dict:
+    """Train RUN with `cfg`. Settings that differ from RUN/run.yaml are checked against what the
+    data and checkpoints fix (one sentence naming the keys), then run.yaml is rewritten, only once
+    the trainer has accepted them, and the change is an event at the step it takes effect."""
+    run_dir = Path(run_dir)
+    recorded = load_run_config(run_dir)
+    changes = _changes(run_dir, recorded, cfg)
+    trainer = Trainer(run_dir, cfg.train, cfg.model, cfg.seed, hooks=[on_checkpoint] if on_checkpoint else [])
+    if changes and trainer.dist.is_main:
+        save_config(cfg, Path(run_dir) / "run.yaml")
     try:
-        return trainer.fit()
+        return trainer.fit(changes=changes)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
+def _changes(run_dir: Path, recorded: RunConfig, cfg: RunConfig) -> dict:
+    old, new = to_dict(recorded), to_dict(cfg)
+    keys = differences(old, new)
+    has_checkpoints = bool(RunData(run_dir).run.checkpoints(1)) if keys else False
+    frozen = frozen_changes(keys, has_checkpoints)
+    if frozen:
+        raise UserError(f"{', '.join(frozen)} cannot change in a prepared run ({run_dir}/run.yaml is kept): the "
+                        "data" + (" and the checkpoints" if has_checkpoints else "") + " were made with the recorded "
+                        "values; prepare a new run to change them")
+    return {k: [_at(old, k), _at(new, k)] for k in keys}
+
+
+def _at(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
 def apply_train_overrides(run_dir: Path, overrides: list[str]) -> RunConfig:
-    """`llm360 train RUN --train.lr=...`: update RUN/run.yaml so the record says what was used."""
+    """RUN/run.yaml with `--key=value` overrides applied and validated; nothing is written (the
+    trainer records what it accepts, see run_training)."""
     cfg = load_run_config(run_dir)
     if not overrides:
         return cfg
-    from llm360.config import apply_override, to_dict
-
     tree = to_dict(cfg)
     for item in overrides:
-        if not item.lstrip("-").startswith(("train.", "model.", "eval.", "analysis.")):
-            raise UserError(f"override {item!r}: only train.*, model.*, eval.* and analysis.* can change "
-                            "after prepare (the data is already cut)")
         apply_override(tree, item)
     new = validate(tree, source=f"{run_dir}/run.yaml")
-    if new != cfg and int(os.environ.get("RANK", "0")) == 0:
-        save_config(new, Path(run_dir) / "run.yaml")
+    _changes(run_dir, cfg, new)  # refuse what the run cannot accept before any work
     return new
-
-
-def eval_hook(run_dir: Path, cfg: RunConfig):
-    """After each chunk checkpoint: evaluate it when `eval.every_checkpoint` is on."""
-    if not cfg.eval.every_checkpoint:
-        return None
-    try:
-        from llm360.eval.runner import evaluate_checkpoint
-    except ImportError:
-        return None
-
-    def run(name: str, steps_done: int) -> None:
-        evaluate_checkpoint(run_dir, name, cfg.eval)
-
-    return run
-
-
-def cli_train(args) -> int:
-    run_dir = Path(args.run)
-    cfg = apply_train_overrides(run_dir, args.overrides)
-    result = run_training(run_dir, cfg, on_checkpoint=eval_hook(run_dir, cfg))
-    return 0 if result["finished"] else 1

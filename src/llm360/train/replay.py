@@ -8,47 +8,63 @@ mode, else the largest absolute difference per tensor.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from llm360.config import load_run_config
+from llm360.config import TrainConfig, load_run_config
+from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.model.hf import load_state_dict
-from llm360.train import checkpoint as ckpt
+from llm360.rundir import (EVENTS_LOG, CheckpointName, RunDir, TrainerState, checkpoint_problems, chunk_checkpoint_name,
+                           read_trainer_state)
 from llm360.train.trainer import Trainer
-from llm360.utils import natural_index, pad_width
+from llm360.utils import read_jsonl
 
 
-def parse_checkpoint(run_dir: Path, text: str, n_chunks: int) -> int:
-    """'3', 'ckpt_003' -> 3."""
+def chunk_number(text: str, n_chunks: int) -> int:
+    """'3', 'ckpt_003' -> 3: replay proves chunk checkpoints."""
     text = str(text).strip()
-    index = int(text) if text.isdigit() else natural_index(text, "ckpt_")
-    if index is None or not 0 <= index < n_chunks:
+    parsed = CheckpointName.parse(text if not text.isdigit() else f"ckpt_{text}")
+    if parsed is None or parsed.kind != "ckpt" or not 0 <= parsed.number < n_chunks:
         raise UserError(f"--checkpoint {text!r}: give a chunk checkpoint number 0..{n_chunks - 1} or a name like "
-                        f"ckpt_{0:0{pad_width(n_chunks)}d}")
-    return index
+                        f"{chunk_checkpoint_name(0, n_chunks)}")
+    return parsed.number
+
+
+def settings_in_force(run_dir: Path, state: TrainerState, first_step: int, last_step: int,
+                      recorded: TrainConfig) -> TrainConfig:
+    """The train.* settings that trained steps first_step..last_step: those the checkpoint after
+    them recorded (run.yaml's, for a checkpoint written before settings were recorded). A change
+    of settings inside that range cannot be replayed as one piece: one sentence says so."""
+    for event in read_jsonl(RunDir(run_dir).path(EVENTS_LOG)):
+        if event.get("kind") == "config_change" and first_step < event.get("step", -1) <= last_step:
+            raise UserError(f"the settings changed at step {event['step']}, inside the steps {first_step}..{last_step} "
+                            "that replay would retrain at once; replay the checkpoints around that step instead")
+    if not state.settings:
+        return recorded
+    return TrainConfig.model_validate(state.settings)
 
 
 def replay(run_dir: str | Path, checkpoint: str | int) -> dict:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    trainer = Trainer(run_dir, cfg.train, cfg.model, cfg.seed, replay=True)
-    data = trainer.data
-    c = parse_checkpoint(run_dir, str(checkpoint), data.n_chunks)
+    data = RunData(run_dir)
+    c = chunk_number(str(checkpoint), data.n_chunks)
     spc = data.steps_per_chunk
-    target_name = ckpt.chunk_checkpoint_name(c, data.n_chunks)
-    start_name = "init" if c == 0 else ckpt.chunk_checkpoint_name(c - 1, data.n_chunks)
-    infos = {i.name: i for i in ckpt.list_checkpoints(run_dir, spc)}
+    target_name = chunk_checkpoint_name(c, data.n_chunks)
+    start_name = "init" if c == 0 else chunk_checkpoint_name(c - 1, data.n_chunks)
+    infos = {i.name: i for i in data.run.checkpoints(spc)}
     for name in (start_name, target_name):
         if name not in infos:
             raise UserError(f"{run_dir}/checkpoints/{name} does not exist; replay needs {start_name} and {target_name}")
-        found = ckpt.problems(infos[name])
+        found = checkpoint_problems(infos[name])
         if found:
             raise UserError(f"checkpoint {name} fails its checksums ({found[0]}); it cannot be replayed")
-    target_state = json.loads((infos[target_name].path / ckpt.STATE_DIR / "state.json").read_text())
-    skipped = [s for s in target_state.get("skipped_steps", []) if c * spc <= s < (c + 1) * spc]
+    target_state = read_trainer_state(infos[target_name])
+    skipped = [s for s in target_state.skipped_steps if c * spc <= s < (c + 1) * spc]
+    settings = settings_in_force(run_dir, target_state, c * spc, (c + 1) * spc - 1, cfg.train)
+    trainer = Trainer(run_dir, settings, cfg.model, cfg.seed, replay=True)
     replayed = trainer.replay(infos[start_name], (c + 1) * spc, skipped)
     original = load_state_dict(infos[target_name].path)
     if set(replayed) != set(original):
@@ -59,7 +75,7 @@ def replay(run_dir: str | Path, checkpoint: str | int) -> dict:
         diffs[name] = 0.0 if torch.equal(ours, tensor) else float((ours.double() - tensor.double()).abs().max())
     return {"checkpoint": target_name, "from": start_name, "steps": [c * spc, (c + 1) * spc - 1],
             "skipped_steps": skipped, "bitwise_equal": all(d == 0.0 for d in diffs.values()),
-            "max_abs_diff": max(diffs.values()), "per_tensor": diffs, "deterministic": cfg.train.deterministic}
+            "max_abs_diff": max(diffs.values()), "per_tensor": diffs, "deterministic": settings.deterministic}
 
 
 def cli_replay(args) -> int:
