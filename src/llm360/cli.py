@@ -13,7 +13,8 @@ import sys
 from llm360 import __version__
 from llm360.errors import UserError
 
-OVERRIDES_HELP = "config overrides as --section.key=value (value read as YAML), e.g. --train.lr=3e-4"
+OVERRIDES_HELP = ("config overrides as --section.key=value or --key=value (value read as YAML), "
+                  "e.g. --train.lr=3e-4 --seed=5")
 
 
 def _handler(path: str):
@@ -189,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     overrides = []
     for item in extra:
-        if args.accepts_overrides and item.startswith("--") and "=" in item and "." in item.split("=")[0]:
+        # any --key=value argparse did not take is a config key (the config rejects unknown ones
+        # by name): --train.lr=3e-4, and top-level keys such as --seed=5
+        if args.accepts_overrides and item.startswith("--") and "=" in item:
             overrides.append(item)
         else:
             parser.error(f"unrecognized argument {item!r}" + (f" ({OVERRIDES_HELP})" if args.accepts_overrides else ""))
