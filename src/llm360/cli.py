@@ -34,6 +34,8 @@ def _handler(path: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llm360.eval.harness import HARNESSES  # torch-free: the harnesses import torch when they run
+
     p = argparse.ArgumentParser(
         prog="llm360",
         description=(
@@ -133,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoints", default="all", help="all, last, or a list like 0,3,7 or ckpt_003,init")
     sp.add_argument("--tasks", help="task names (heldout, heldout/SOURCE, arc_easy, amber) or JSONL/YAML task files, "
                     "comma separated; NAME:K for K-shot (default: eval.heldout + eval.tasks)")
-    sp.add_argument("--harness", choices=["llm360", "lm-eval"], default="llm360")
+    sp.add_argument("--harness", choices=list(HARNESSES), default="llm360",
+                    help="who scores the tasks: llm360's own scoring or lm-evaluation-harness")
     sp.add_argument("--force", action="store_true", help="redo results that exist")
     sp.add_argument("--json", action="store_true")
 
