@@ -1,10 +1,13 @@
 """The command line: help for every command, user mistakes as one sentence and exit code 2."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import llm360
 from llm360.cli import build_parser, main
 
 COMMANDS = [["run"], ["prepare"], ["data", "batch"], ["data", "export-llm360"], ["train"], ["generate"],
@@ -52,3 +55,40 @@ def test_unknown_argument(capsys):
     with pytest.raises(SystemExit) as e:
         main(["verify", "x", "--what"])
     assert e.value.code == 2
+
+
+def test_bad_model_is_refused_before_prepare_does_anything(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["prepare", "demo", "--out", str(out), "--model.preset=huge"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "model.preset" in err and "tiny, demo" in err
+
+
+def test_top_level_keys_are_overrides(tmp_path, capsys):
+    from conftest import tiny_config
+
+    from llm360.config import load_run_config
+
+    run = tmp_path / "run"
+    assert main(["prepare", str(tiny_config(tmp_path)), "--out", str(run), "--seed=5", "--name=foo"]) == 0
+    cfg = load_run_config(run)
+    assert (cfg.seed, cfg.name) == (5, "foo")
+    capsys.readouterr()
+    assert main(["prepare", "demo", "--out", str(tmp_path / "other"), "--sed=5"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unknown config key 'sed'" in err and "seed" in err
+    # after prepare the data is cut with the seed: train and eval refuse to change it, by name
+    for cmd in (["train", str(run)], ["eval", str(run)]):
+        assert main([*cmd, "--seed=6"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "--seed=6" in err
+    assert load_run_config(run).seed == 5
+
+
+def test_help_imports_no_torch():
+    code = ("import sys\nfrom llm360.cli import build_parser\nbuild_parser().format_help()\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = {**os.environ, "PYTHONPATH": str(Path(llm360.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

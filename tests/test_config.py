@@ -91,3 +91,64 @@ def test_missing_config_file():
         load_config(Path("/nonexistent/c.yaml"))
     with pytest.raises(UserError, match="shipped configs: .*demo"):
         load_config("nosuchpreset")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("--model.preset=huge", "config key 'model.preset': not a model preset; presets are tiny, demo, 1b, amber-7b"),
+    ("--data.seq_len=1024", r"data.seq_len \(1024\) is beyond the model's context model.max_seq_len \(512 of preset 'demo'\)"),
+    ("--model.max_seq_len=64", r"data.seq_len \(128\) is beyond .* model.max_seq_len \(64\)"),
+    ("--model.dim=62", "model.dim 62 is not divisible by model.n_heads 4"),
+    ("--model.n_kv_heads=3", "model.n_heads 4 is not divisible by model.n_kv_heads 3"),
+    ("--model.n_layers=0", "model.n_layers must be at least 1"),
+])
+def test_a_model_that_cannot_exist_is_refused_at_load(override, words):
+    with pytest.raises(UserError, match=words) as e:
+        load_config(None, [override])
+    assert "\n" not in str(e.value)
+
+
+def test_model_config_fields_follow_model_args():
+    """Every architecture field can be set in the config's `model` section, and nothing else."""
+    from dataclasses import fields
+
+    from llm360.config import ModelConfig
+    from llm360.model.args import ModelArgs
+
+    not_in_config: set[str] = set()  # ModelArgs fields a user may deliberately not set (none today)
+    config_keys = set(ModelConfig.model_fields) - {"preset"}
+    args_fields = {f.name for f in fields(ModelArgs)}
+    assert config_keys <= args_fields, f"model.* keys that ModelArgs lacks: {sorted(config_keys - args_fields)}"
+    assert args_fields - not_in_config == config_keys, \
+        f"ModelArgs fields missing from ModelConfig: {sorted(args_fields - not_in_config - config_keys)}"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("--train.lr=.nan", "train.lr"),
+    ("--train.betas=[0.9, .inf]", "train.betas.1"),
+    ("--data.stages.0.mix.python-docs=.nan", "data.stages.0.mix.python-docs"),
+    ("--data.stages.0.mix.python-docs=.inf", "data.stages.0.mix.python-docs"),
+    ("--model.rope_theta=-.inf", "model.rope_theta"),
+    ("--train.spike.zscore=.inf", "train.spike.zscore"),
+])
+def test_non_finite_floats_are_refused(override, key):
+    with pytest.raises(UserError, match=rf"config key '{key}': Input should be a finite number"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("seed, words", [
+    (-1, "greater than or equal to 0"),
+    (2**63, "less than or equal to 9223372036854775807"),
+])
+def test_seed_fits_the_generators(seed, words):
+    with pytest.raises(UserError, match=f"config key 'seed': Input should be {words}"):
+        load_config(None, [f"--seed={seed}"])
+    assert load_config(None, [f"--seed={2**63 - 1}"]).seed == 2**63 - 1
+
+
+def test_config_that_is_a_folder_or_not_utf8_is_named(tmp_path):
+    with pytest.raises(UserError, match=rf"config file {tmp_path} is a folder"):
+        load_config(tmp_path)
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=rf"{path}: not UTF-8 text \(byte 9 is 0xe9\)"):
+        load_config(path)

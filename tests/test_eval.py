@@ -320,6 +320,34 @@ def test_amber_suite_maps_to_lm_eval_tasks():
                                         "lm-eval/mmlu_5shot", "lm-eval/truthfulqa_mc2"]
 
 
+# -- harnesses --------------------------------------------------------------------------------
+
+
+def test_a_harness_is_one_registered_class(trained, tmp_path, monkeypatch, capsys):
+    """A new harness is one class: the runner asks it for the tasks and the scores, and the
+    command line offers its name."""
+    from llm360.eval import harness
+
+    class Counting(harness.Harness):
+        name = "counting"
+        scores_heldout = True
+
+        def run(self, run_dir, folder, tasks, eval_cfg, console):
+            for task in tasks:
+                yield task, {"rows": {"value": float(len(task.label)), "stderr": None, "n": 1}}
+
+    monkeypatch.setitem(harness.HARNESSES, "counting", Counting)
+    run = copy_run(trained, tmp_path / "run")
+    records = evaluate_checkpoint(run, "ckpt_001", cfg_of(run, heldout=True, tasks=[]), harness="counting")
+    assert [(r["task"], r["metric"], r["value"]) for r in records] == [("heldout/prose", "rows", 13.0)]
+    # the command line's --harness choices come from the registry (argparse refuses others)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--harness", "counting", "--checkpoints", "ckpt_001", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["metric"] == "rows"
+    with pytest.raises(UserError, match="unknown harness 'nosuch'; choose one of llm360, lm-eval, counting"):
+        evaluate_checkpoint(run, "ckpt_001", cfg_of(run), harness="nosuch")
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import llm360
 from helpers_model import tiny_model
 from llm360.errors import UserError
 from llm360.model.llama import PRESETS, Block, Llama, flops_per_token, model_args, num_params
@@ -46,6 +51,34 @@ def test_presets_and_overrides():
         model_args("tiny", hidden=3)
     with pytest.raises(UserError, match="not divisible"):
         model_args("tiny", n_kv_heads=3)
+
+
+def test_model_args_import_no_torch():
+    """The config checks a model at load time (and `llm360 --help` stays fast): no torch for that."""
+    code = ("import sys, llm360.model.args, llm360.model; assert 'torch' not in sys.modules, 'torch imported'; "
+            "from llm360.model import PRESETS, ModelArgs, flops_per_token, model_args, num_params")
+    env = {**os.environ, "PYTHONPATH": str(Path(llm360.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_llama_reexports_the_args():
+    from llm360.model import args, llama
+
+    for name in ("ModelArgs", "PRESETS", "model_args", "num_params", "flops_per_token"):
+        assert getattr(llama, name) is getattr(args, name)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"n_heads": 0}, "model.n_heads must be at least 1"),
+    ({"dim": 62}, "model.dim 62 is not divisible by model.n_heads 4"),
+    ({"n_kv_heads": 3}, "model.n_heads 4 is not divisible by model.n_kv_heads 3"),
+    ({"dim": 20}, "head_dim 5 .* must be even"),
+    ({"rope_theta": 0.0}, "model.rope_theta"),
+])
+def test_impossible_shapes_name_the_key(overrides, words):
+    with pytest.raises(UserError, match=words):
+        model_args("tiny", **overrides)
 
 
 def test_layers_are_separate_blocks():

@@ -14,7 +14,8 @@ import sys
 from llm360 import __version__
 from llm360.errors import DiskFull, UserError, is_disk_full
 
-OVERRIDES_HELP = "config overrides as --section.key=value (value read as YAML), e.g. --train.lr=3e-4"
+OVERRIDES_HELP = ("config overrides as --section.key=value or --key=value (value read as YAML), "
+                  "e.g. --train.lr=3e-4 --seed=5")
 
 
 def _handler(path: str):
@@ -34,6 +35,8 @@ def _writes(sp: argparse.ArgumentParser, attribute: str = "run") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llm360.eval.harness import HARNESSES  # torch-free: the harnesses import torch when they run
+
     p = argparse.ArgumentParser(
         prog="llm360",
         description=(
@@ -135,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoints", default="all", help="all, last, or a list like 0,3,7 or ckpt_003,init")
     sp.add_argument("--tasks", help="task names (heldout, heldout/SOURCE, arc_easy, amber) or JSONL/YAML task files, "
                     "comma separated; NAME:K for K-shot (default: eval.heldout + eval.tasks)")
-    sp.add_argument("--harness", choices=["llm360", "lm-eval"], default="llm360")
+    sp.add_argument("--harness", choices=list(HARNESSES), default="llm360",
+                    help="who scores the tasks: llm360's own scoring or lm-evaluation-harness")
     sp.add_argument("--force", action="store_true", help="redo results that exist")
     _writes(sp)
     sp.add_argument("--json", action="store_true")
@@ -205,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     overrides = []
     for item in extra:
-        if args.accepts_overrides and item.startswith("--") and "=" in item and "." in item.split("=")[0]:
+        # any --key=value argparse did not take is a config key (the config rejects unknown ones
+        # by name): --train.lr=3e-4, and top-level keys such as --seed=5
+        if args.accepts_overrides and item.startswith("--") and "=" in item:
             overrides.append(item)
         else:
             parser.error(f"unrecognized argument {item!r}" + (f" ({OVERRIDES_HELP})" if args.accepts_overrides else ""))

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llm360.errors import UserError
+from llm360.model.args import PRESETS, model_args
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_SOURCES = ("python-docs", "python-code")
@@ -24,7 +25,9 @@ SOURCE_KINDS = ("jsonl", "parquet", "text", "code", "builtin", *BUILTIN_SOURCES)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # a NaN or infinite float (`.nan`, `.inf` in YAML) passes every `gt`/`ge` bound and only
+    # surfaces as a NaN loss or a broken mixture later: refused in every section
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +121,8 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    """Architecture: a named preset, any field of which may be overridden."""
+    """Architecture: a named preset, any field of which may be overridden. The fields are those of
+    `llm360.model.args.ModelArgs` (tests/test_config.py keeps them in step)."""
 
     preset: str = "demo"
     dim: int | None = None
@@ -132,6 +136,13 @@ class ModelConfig(Section):
     max_seq_len: int | None = None
     vocab_size: int | None = None  # default: the tokenizer's
     init_std: float | None = None
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        if preset not in PRESETS:
+            raise ValueError(f"not a model preset; presets are {', '.join(PRESETS)}")
+        return preset
 
     def overrides(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if k != "preset" and v is not None}
@@ -227,7 +238,7 @@ class AnalysisConfig(Section):
 
 class RunConfig(Section):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # what numpy and torch generators take
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -236,11 +247,17 @@ class RunConfig(Section):
     base_dir: str | None = None  # where relative source paths start (default: the config's folder)
 
     @model_validator(mode="after")
-    def _cross_section(self) -> "RunConfig":
-        if self.model.max_seq_len is not None and self.data.seq_len > self.model.max_seq_len:
+    def _model_fits(self) -> "RunConfig":
+        # build the architecture now, so a model that cannot exist stops `prepare`, not `train`
+        try:
+            args = model_args(self.model.preset, **self.model.overrides())
+        except UserError as e:
+            raise ValueError(str(e).rstrip(".")) from None
+        if self.data.seq_len > args.max_seq_len:
+            where = "" if self.model.max_seq_len is not None else f" of preset {self.model.preset!r}"
             raise ValueError(
                 f"data.seq_len ({self.data.seq_len}) is beyond the model's context "
-                f"model.max_seq_len ({self.model.max_seq_len})"
+                f"model.max_seq_len ({args.max_seq_len}{where})"
             )
         return self
 
@@ -267,20 +284,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     path = Path(path)
     if not path.exists() and path.suffix == "" and "/" not in str(path):
         path = builtin_config(str(path))
-    if not path.exists():
-        raise UserError(f"config file {path} does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    tree = _read_yaml(path)
     if not isinstance(tree, dict):
         raise UserError(f"{path}: the config must be a mapping of sections, got {type(tree).__name__}")
     for item in overrides or []:
         apply_override(tree, item)
     tree.setdefault("base_dir", str(path.resolve().parent))
     return validate(tree, source=str(path))
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise UserError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; give the YAML file in it")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); "
+                        "a config is a UTF-8 YAML file") from None
+    except OSError as e:
+        raise UserError(f"config file {path} cannot be read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
 
 
 def validate(tree: dict, source: str = "config") -> RunConfig:

@@ -1,6 +1,15 @@
-"""lm-evaluation-harness on checkpoint folders (the optional `lm-eval` extra).
+"""The harnesses that score a checkpoint folder on tasks: llm360's own and lm-evaluation-harness.
 
-A checkpoint folder is a Hugging Face folder, so lm-eval's `hf` model reads it as it is
+Each harness is one class registered by name (`HARNESSES`), which `llm360 eval --harness`
+offers and `evaluate_checkpoint` looks up: adding a harness is adding a class here.
+
+    @register
+    class MyHarness(Harness):
+        name = "mine"
+        def run(self, run_dir, folder, tasks, eval_cfg, console): ...  # yield (task, metrics)
+
+llm360's harness scores held-out data and task files with `llm360.eval.scoring`. lm-eval (the
+optional `lm-eval` extra) is run on the folder as follows. A checkpoint folder is a Hugging Face folder, so lm-eval's `hf` model reads it as it is
 (`pretrained=FOLDER`, float32). Tasks are either lm-eval's own definitions (`arc_challenge`,
 `hellaswag`, `mmlu`, `truthfulqa_mc2`, ...: their data sets come from the Hugging Face Hub, or
 its local cache) or local task files, for which a task YAML is written into a temporary folder
@@ -30,16 +39,140 @@ import os
 import socket
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlparse
 
 import yaml
 
 from llm360.errors import UserError
-from llm360.eval.tasks import LmEvalTask, read_task_file, sample_indices
+from llm360.eval.tasks import (
+    HeldoutTask,
+    LmEvalTask,
+    Task,
+    TaskSpec,
+    load_questions,
+    load_spec,
+    read_task_file,
+    resolve_tasks,
+    sample_indices,
+    split_shots,
+)
+
+if TYPE_CHECKING:
+    from llm360.config import EvalConfig
 
 LOCAL_PREFIX = "llm360_"  # local tasks are registered as llm360_NAME, apart from lm-eval's names
 INSTALL = "pip install 'llm360[lm-eval]' (the lm-eval and accelerate packages)"
+
+Metrics = dict[str, dict]  # {metric: {"value", "stderr", "n"}}
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+class Harness:
+    """One way of scoring a checkpoint folder on tasks."""
+
+    name: ClassVar[str]
+    scores_heldout: ClassVar[bool] = False  # whether `eval.heldout` means something to it
+
+    def config_task(self, name: str, heldout_sources: list[str]) -> Task:
+        """The task that an entry of `eval.tasks` names for this harness."""
+        return resolve_tasks([name], self.name, heldout_sources)[0]
+
+    def run(self, run_dir: Path, folder: Path, tasks: list[Task], eval_cfg: EvalConfig,
+            console) -> Iterator[tuple[Task, Metrics]]:
+        """Yield (task, metrics) for each task, scored on the checkpoint folder."""
+        raise NotImplementedError
+
+
+HARNESSES: dict[str, type[Harness]] = {}
+
+
+def register(cls: type[Harness]) -> type[Harness]:
+    HARNESSES[cls.name] = cls
+    return cls
+
+
+def get_harness(name: str) -> Harness:
+    if name not in HARNESSES:
+        raise UserError(f"unknown harness {name!r}; choose one of {', '.join(HARNESSES)}")
+    return HARNESSES[name]()
+
+
+@register
+class Llm360Harness(Harness):
+    """llm360's own scoring: held-out loss / ppl / bpb and multiple-choice task files."""
+
+    name = "llm360"
+    scores_heldout = True
+
+    def run(self, run_dir, folder, tasks, eval_cfg, console):
+        from llm360.eval import scoring
+        from llm360.model.generate import load_tokenizer
+        from llm360.model.hf import load_hf
+
+        model, _ = load_hf(folder, device=_device())
+        tokenizer = load_tokenizer(folder)
+        data = None
+        with _progress(console) as bar:
+            for task in tasks:
+                if isinstance(task, HeldoutTask):
+                    if data is None:
+                        from llm360.data.store import RunData
+
+                        data = RunData(run_dir)
+                    rows = data.heldout(task.source)
+                    job = bar.add_task(f"{folder.name} {task.label}", total=len(rows))
+                    losses = scoring.row_losses(model, rows, eval_cfg.batch_size, lambda n, job=job: bar.advance(job, n))
+                    metrics = scoring.heldout_metrics(losses, rows.shape[1] - 1, scoring.target_bytes(tokenizer, rows))
+                else:
+                    assert isinstance(task, TaskSpec)
+                    questions = load_questions(task, eval_cfg.max_questions)
+                    job = bar.add_task(f"{folder.name} {task.label}", total=sum(len(q.requests) for q in questions))
+                    scored = scoring.score_questions(model, tokenizer, questions, eval_cfg.batch_size,
+                                                     lambda n, job=job: bar.advance(job, n))
+                    metrics = scoring.mc_metrics(scored)
+                bar.remove_task(job)
+                yield task, metrics
+
+
+@register
+class LmEvalHarness(Harness):
+    """lm-evaluation-harness on the checkpoint's Hugging Face folder (`run_lm_eval` below)."""
+
+    name = "lm-eval"
+
+    def config_task(self, name, heldout_sources):
+        # names in eval.tasks always mean local task files, never lm-eval's own tasks
+        spec = load_spec(*split_shots(name))
+        return LmEvalTask(spec.name, spec.num_fewshot, spec=spec)
+
+    def run(self, run_dir, folder, tasks, eval_cfg, console):
+        assert all(isinstance(t, LmEvalTask) for t in tasks)
+        t0 = time.perf_counter()
+        with console.status(f"lm-eval on {folder.name}: {', '.join(t.label for t in tasks)}"):
+            results = run_lm_eval(folder, tasks, batch_size=eval_cfg.batch_size, max_questions=eval_cfg.max_questions)
+        console.print(f"lm-eval on {folder.name}: {time.perf_counter() - t0:.1f} s")
+        for task in tasks:
+            yield task, results[task.label]["metrics"]
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
 
 
 def require_lm_eval():

@@ -12,31 +12,21 @@ refused by name (the others are still evaluated, and the command then fails).
 
 The trainer calls `evaluate_checkpoint(run_dir, name, eval_cfg)` after each chunk checkpoint
 when `eval.every_checkpoint` is on; `llm360 run` calls `evaluate_run` for whatever is left.
-Task names and file formats: `llm360.eval.tasks`; the scores: `llm360.eval.scoring`.
+Task names and file formats: `llm360.eval.tasks`; who scores them (one class per --harness):
+`llm360.eval.harness`; the scores: `llm360.eval.scoring`.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from llm360.config import EvalConfig, apply_override, load_run_config, to_dict, validate
 from llm360.errors import UserError
+from llm360.eval.harness import Harness, get_harness
 from llm360.eval.results import EvalLog, TensorBoard
-from llm360.eval.tasks import (
-    HeldoutTask,
-    LmEvalTask,
-    Task,
-    TaskSpec,
-    load_questions,
-    load_spec,
-    resolve_tasks,
-    split_shots,
-)
+from llm360.eval.tasks import HeldoutTask, Task, resolve_tasks
 from llm360.rundir import RunDir, checkpoint_problems, read_trainer_state
-
-HARNESSES = ("llm360", "lm-eval")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +98,7 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
     """Evaluate checkpoint `name` of the run on the tasks (default: eval.heldout and eval.tasks),
     append the results to eval.jsonl and TensorBoard and print a table (show="new": when something
     was evaluated, "all": always); return its records for those tasks (new and on record)."""
-    if harness not in HARNESSES:
-        raise UserError(f"unknown harness {harness!r}; choose one of {', '.join(HARNESSES)}")
+    scorer = get_harness(harness)
     run_dir = Path(run_dir)
     steps_per_chunk = load_run_config(run_dir).train.steps_per_chunk
     infos = {c.name: c for c in RunDir(run_dir).checkpoints(steps_per_chunk)}
@@ -117,7 +106,7 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
         raise UserError(f"no checkpoint {name!r} in {run_dir}; checkpoints: {', '.join(infos) or '(none)'}")
     info = infos[name]
     console = _console(console)
-    todo_tasks = _tasks(run_dir, eval_cfg, tasks, harness, console)
+    todo_tasks = _tasks(run_dir, eval_cfg, tasks, scorer, console)
     log = EvalLog(run_dir)
     todo = [t for t in todo_tasks if force or not log.done(name, t.label, t.metrics)]
     if todo:
@@ -128,8 +117,7 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
         where = {"checkpoint": name, "step": state.steps_done, "tokens": int(state.tokens)}
         tb = TensorBoard(run_dir)
         try:
-            run = _run_llm360 if harness == "llm360" else _run_lm_eval
-            for task, metrics in run(run_dir, info.path, todo, eval_cfg, console):
+            for task, metrics in scorer.run(run_dir, info.path, todo, eval_cfg, console):
                 new = [{**where, "task": task.label, "metric": m, **v} for m, v in metrics.items()]
                 log.write(new, replace=force)
                 tb.write(new)
@@ -142,10 +130,10 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
     return records
 
 
-def _tasks(run_dir: Path, eval_cfg: EvalConfig, names: list[str] | None, harness: str, console) -> list[Task]:
+def _tasks(run_dir: Path, eval_cfg: EvalConfig, names: list[str] | None, harness: Harness, console) -> list[Task]:
     sources = _heldout_sources(run_dir)
     if names is not None:
-        tasks = resolve_tasks(names, harness, sources)
+        tasks = resolve_tasks(names, harness.name, sources)
         if not tasks:
             raise UserError("no tasks to evaluate" + (" (this run has no held-out data)" if "heldout" in names else ""))
         return tasks
@@ -153,17 +141,15 @@ def _tasks(run_dir: Path, eval_cfg: EvalConfig, names: list[str] | None, harness
     # harness). A task that cannot be found is skipped with a warning, so that training (which
     # evaluates every checkpoint) never stops for want of a benchmark file.
     tasks: list[Task] = []
-    if eval_cfg.heldout and harness == "llm360":
+    if eval_cfg.heldout and harness.scores_heldout:
         tasks += [HeldoutTask(s) for s in sources]
     for name in eval_cfg.tasks:
         try:
-            spec = load_spec(*split_shots(name)) if harness == "lm-eval" else resolve_tasks([name], harness, sources)[0]
+            tasks.append(harness.config_task(name, sources))
         except UserError as e:
             if name not in _warned:
                 _warned.add(name)
                 console.print(f"[yellow]warning:[/] eval.tasks: skipping {name!r}: {e}")
-            continue
-        tasks.append(LmEvalTask(spec.name, spec.num_fewshot, spec=spec) if harness == "lm-eval" else spec)
     return tasks
 
 
@@ -179,59 +165,6 @@ def _heldout_sources(run_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the harnesses
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _run_llm360(run_dir: Path, folder: Path, tasks: list[Task], eval_cfg: EvalConfig, console):
-    """Yield (task, {metric: {value, stderr, n}}) for each task, scored by llm360."""
-    from llm360.eval import scoring
-    from llm360.model.generate import load_tokenizer
-    from llm360.model.hf import load_hf
-
-    model, _ = load_hf(folder, device=_device())
-    tokenizer = load_tokenizer(folder)
-    data = None
-    with _progress(console) as bar:
-        for task in tasks:
-            if isinstance(task, HeldoutTask):
-                if data is None:
-                    from llm360.data.store import RunData
-
-                    data = RunData(run_dir)
-                rows = data.heldout(task.source)
-                job = bar.add_task(f"{folder.name} {task.label}", total=len(rows))
-                losses = scoring.row_losses(model, rows, eval_cfg.batch_size, lambda n, job=job: bar.advance(job, n))
-                metrics = scoring.heldout_metrics(losses, rows.shape[1] - 1, scoring.target_bytes(tokenizer, rows))
-            else:
-                assert isinstance(task, TaskSpec)
-                questions = load_questions(task, eval_cfg.max_questions)
-                job = bar.add_task(f"{folder.name} {task.label}", total=sum(len(q.requests) for q in questions))
-                scored = scoring.score_questions(model, tokenizer, questions, eval_cfg.batch_size,
-                                                 lambda n, job=job: bar.advance(job, n))
-                metrics = scoring.mc_metrics(scored)
-            bar.remove_task(job)
-            yield task, metrics
-
-
-def _run_lm_eval(run_dir: Path, folder: Path, tasks: list[Task], eval_cfg: EvalConfig, console):
-    from llm360.eval.harness import run_lm_eval
-
-    assert all(isinstance(t, LmEvalTask) for t in tasks)
-    t0 = time.perf_counter()
-    with console.status(f"lm-eval on {folder.name}: {', '.join(t.label for t in tasks)}"):
-        results = run_lm_eval(folder, tasks, batch_size=eval_cfg.batch_size, max_questions=eval_cfg.max_questions)
-    console.print(f"lm-eval on {folder.name}: {time.perf_counter() - t0:.1f} s")
-    for task in tasks:
-        yield task, results[task.label]["metrics"]
-
-
-# ---------------------------------------------------------------------------------------------
 # output
 
 
@@ -241,13 +174,6 @@ def _console(console):
     from rich import get_console
 
     return get_console()  # the console the trainer's progress bar lives on
-
-
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
 
 
 def _table(console, name: str, records: list[dict], skipped: int = 0) -> None:

@@ -1,11 +1,12 @@
-"""The model: a plain-PyTorch LLaMA (llama.py), its Hugging Face folder format (hf.py), and
-generation / log-likelihood scoring with it (generate.py)."""
+"""The model: its architecture as numbers (args.py, no torch), a plain-PyTorch LLaMA (llama.py),
+its Hugging Face folder format (hf.py), and generation / log-likelihood scoring with it
+(generate.py).
 
-from llm360.model.generate import generate, load_tokenizer, score_requests, score_tokens
-from llm360.model.hf import load_args, load_hf, load_state_dict, save_hf
-from llm360.model.llama import PRESETS, KVCache, Llama, ModelArgs, flops_per_token, model_args, num_params
+Importing this package imports no torch (the config checks a model's arguments when it loads,
+and `llm360 --help` stays instant), so it re-exports only the names of args.py; import the torch
+ones from their modules: `from llm360.model.llama import Llama`.
+"""
 
-__all__ = [
-    "PRESETS", "KVCache", "Llama", "ModelArgs", "flops_per_token", "generate", "load_args", "load_hf",
-    "load_state_dict", "load_tokenizer", "model_args", "num_params", "save_hf", "score_requests", "score_tokens",
-]
+from llm360.model.args import PRESETS, ModelArgs, flops_per_token, model_args, num_params
+
+__all__ = ["PRESETS", "ModelArgs", "flops_per_token", "model_args", "num_params"]

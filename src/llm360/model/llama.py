@@ -3,7 +3,8 @@
 Architecture as LLaMA / LLM360 Amber: pre-norm blocks with RMSNorm, rotary position embeddings,
 grouped-query attention and a SwiGLU MLP; input and output embeddings tied or not. Rotary
 embeddings use the "rotate half" layout of Hugging Face's Llama, so weights move to and from
-transformers without permuting q/k (see `llm360.model.hf` for the name mapping).
+transformers without permuting q/k (see `llm360.model.hf` for the name mapping). The
+architecture's numbers (ModelArgs, presets, parameter counts) are in `llm360.model.args`.
 
 Nothing here knows about parallelism, compilation or activation checkpointing: those are applied
 from outside (`self.layers` is a ModuleList of blocks that can each be wrapped).
@@ -26,67 +27,13 @@ same weights whatever device or construction path was used.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from llm360.errors import UserError
-
-
-@dataclass
-class ModelArgs:
-    vocab_size: int
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    ffn_dim: int
-    max_seq_len: int
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-    init_std: float = 0.02
-
-    def __post_init__(self) -> None:
-        if self.dim % self.n_heads:
-            raise UserError(f"model dim {self.dim} is not divisible by n_heads {self.n_heads}.")
-        if self.n_heads % self.n_kv_heads:
-            raise UserError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}.")
-        if self.head_dim % 2:
-            raise UserError(f"head_dim {self.head_dim} must be even for rotary embeddings.")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-
-PRESETS: dict[str, ModelArgs] = {
-    # every code path in seconds on a CPU; vocab_size is replaced by the tokenizer's
-    "tiny": ModelArgs(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=192,
-                      max_seq_len=256, tie_embeddings=True),
-    # the default run: learns something real in a few minutes on 2 CPU cores in fp32
-    "demo": ModelArgs(vocab_size=4096, dim=192, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=512,
-                      max_seq_len=512, tie_embeddings=True),
-    # the 1.1B LLaMA of the throughput baselines (TinyLlama shape)
-    "1b": ModelArgs(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632,
-                    max_seq_len=2048),
-    # LLM360 Amber = LLaMA-7B: 6,738,415,616 parameters
-    "amber-7b": ModelArgs(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32,
-                          ffn_dim=11008, max_seq_len=2048, norm_eps=1e-6),
-}
-
-
-def model_args(preset: str, **overrides) -> ModelArgs:
-    """The named preset with some fields replaced, e.g. model_args("tiny", vocab_size=300)."""
-    if preset not in PRESETS:
-        raise UserError(f"unknown model preset {preset!r}; known presets: {', '.join(PRESETS)}.")
-    known = {f.name for f in fields(ModelArgs)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise UserError(f"unknown model field {bad[0]!r}; fields are: {', '.join(sorted(known))}.")
-    return replace(PRESETS[preset], **overrides)
+from llm360.model.args import PRESETS, ModelArgs, flops_per_token, model_args, num_params  # noqa: F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,30 +246,3 @@ def _copy_into(p: torch.Tensor, full: torch.Tensor) -> None:
         p.to_local().copy_(full.to_local())
     else:
         p.copy_(full)
-
-
-# --------------------------------------------------------------------------------------------
-# counting
-
-
-def num_params(model_or_args: Llama | ModelArgs, exclude_embedding: bool = False) -> int:
-    """Parameter count; exclude_embedding drops the input embedding (not a tied output head)."""
-    a = model_or_args.args if isinstance(model_or_args, Llama) else model_or_args
-    per_layer = (
-        a.dim * a.n_heads * a.head_dim * 2  # wq, wo
-        + a.dim * a.n_kv_heads * a.head_dim * 2  # wk, wv
-        + a.dim * a.ffn_dim * 3  # w1, w2, w3
-        + a.dim * 2  # norms
-    )
-    embedding = a.vocab_size * a.dim
-    n = embedding + a.n_layers * per_layer + a.dim + (0 if a.tie_embeddings else embedding)
-    if exclude_embedding and not a.tie_embeddings:
-        n -= embedding
-    return n
-
-
-def flops_per_token(args: ModelArgs, seq_len: int) -> int:
-    """Training FLOPs per token, 6 * N + 12 * L * H * Q * T (PaLM appendix B), N without the
-    input embedding (a tied head still does its matmul, so it stays in N)."""
-    n = num_params(args, exclude_embedding=True)
-    return 6 * n + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
