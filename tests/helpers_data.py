@@ -100,9 +100,10 @@ def chunk_hashes(run: Path) -> list[str]:
     return [c["sha256"] for c in json.loads((run / "data" / "manifest.json").read_text())["chunks"]]
 
 
-def check_rows(run: Path, n: int = 12, seed: int = 0, heldout: bool = False) -> int:
+def check_rows(run: Path, base: Path, n: int = 12, seed: int = 0, heldout: bool = False) -> int:
     """Round trip of random rows: every span's tokens are exactly that slice of its document,
-    re-read from the source by uri and re-tokenized; returns the number of spans checked."""
+    re-read from the source by uri (roots relative to `base`, the config's folder) and
+    re-tokenized; returns the number of spans checked."""
     data = RunData(run)
     tok = data.tokenizer()
     docs = data.documents().to_pydict()
@@ -132,14 +133,14 @@ def check_rows(run: Path, n: int = 12, seed: int = 0, heldout: bool = False) -> 
             expect_offset += length
             assert docs["source"][doc_id] == table["source"][i]
             if doc_id not in encoded:
-                text = data.document_text(doc_id)  # found again from its uri
+                text = data.document_text(doc_id, base)  # found again from its uri
                 assert hashlib.sha256(text.encode()).hexdigest() == docs["sha256"][doc_id]
                 ids = tok.encode_batch_fast([text], add_special_tokens=False)[0].ids + [data.eos_id]
                 assert len(ids) == docs["n_tokens"][doc_id]
                 encoded[doc_id] = ids
                 doc_bytes = text.encode()
             else:
-                doc_bytes = data.document_text(doc_id).encode()
+                doc_bytes = data.document_text(doc_id, base).encode()
             piece = [int(x) for x in row[off : off + length]]
             assert piece == encoded[doc_id][dto : dto + length]
             text_ids = piece[:-1] if dto + length == docs["n_tokens"][doc_id] else piece

@@ -21,7 +21,8 @@ from helpers_data import (
 )
 
 from llm360.config import CONFIG_DIR, load_config
-from llm360.data.store import RunData, compute_fingerprint
+from llm360.data.store import RunData
+from llm360.rundir import compute_fingerprint
 from llm360.utils import sha256_file
 
 
@@ -84,8 +85,8 @@ def test_layout_and_manifest(prepared):
 
 
 def test_round_trip_spans_to_documents(prepared):
-    _, _, run = prepared
-    assert check_rows(run, n=16, heldout=True) > 16
+    folder, _, run = prepared
+    assert check_rows(run, folder, n=16, heldout=True) > 16
 
 
 def test_heldout_rows_never_in_chunks(prepared):
@@ -279,7 +280,7 @@ def test_wikitext(tmp_path, capsys):
     m = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
     assert m["sources"][0]["documents_kept"] == len(files)
     assert m["sources"][0]["tokens"] > 400_000
-    assert check_rows(tmp_path / "run", n=6) >= 6
+    assert check_rows(tmp_path / "run", tmp_path, n=6) >= 6
     assert (SHARED_CORPORA / "wikitext-2").exists() and not any((tmp_path / "run").rglob("*.txt"))
 
 

@@ -20,8 +20,17 @@ from llm360.errors import UserError
 from llm360.model.args import PRESETS, model_args
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-BUILTIN_SOURCES = ("python-docs", "python-code")
-SOURCE_KINDS = ("jsonl", "parquet", "text", "code", "builtin", *BUILTIN_SOURCES)
+
+
+def source_kinds() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every source kind, the built-in ones), from the registry in data/sources.py.
+
+    Imported when a config is validated, not with this module: sources.py needs only the
+    standard library, and config stays cheap to import.
+    """
+    from llm360.data.sources import KINDS, builtin_kinds
+
+    return tuple(KINDS), builtin_kinds()
 
 
 class Section(BaseModel):
@@ -42,24 +51,42 @@ class TokenizerConfig(Section):
 
 class SourceConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["jsonl", "parquet", "text", "code", "builtin", "python-docs", "python-code"]
+    kind: str  # a kind of data/sources.py's registry, or `builtin` (then `builtin` names one)
     paths: list[str] = []  # files, folders or globs, relative to the config file
     root: str | None = None  # what uris are relative to; default: the common parent
     text_field: str = "text"  # jsonl key / parquet column holding the text
     include: list[str] = ["**/*"]  # globs inside a `code` tree
-    builtin: Literal["python-docs", "python-code"] | None = None
+    builtin: str | None = None
     license: str | None = None
+    description: str | None = None  # where the data came from, in your words (manifest, data card)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        kinds, _ = source_kinds()
+        if kind not in (*kinds, "builtin"):
+            raise ValueError(f"unknown source kind {kind!r}; allowed: {', '.join(sorted([*kinds, 'builtin']))}")
+        return kind
+
+    @field_validator("builtin")
+    @classmethod
+    def _known_builtin(cls, builtin: str | None) -> str | None:
+        _, builtins = source_kinds()
+        if builtin is not None and builtin not in builtins:
+            raise ValueError(f"unknown built-in source {builtin!r}; allowed: {', '.join(sorted(builtins))}")
+        return builtin
 
     @model_validator(mode="after")
     def _normalize_builtin(self) -> "SourceConfig":
         # `kind: python-docs` and `kind: builtin, builtin: python-docs` mean the same
-        if self.kind in BUILTIN_SOURCES:
+        _, builtins = source_kinds()
+        if self.kind in builtins:
             if self.builtin not in (None, self.kind):
                 raise ValueError(f"kind {self.kind!r} contradicts builtin {self.builtin!r}")
             object.__setattr__(self, "builtin", self.kind)
             object.__setattr__(self, "kind", "builtin")
         if self.kind == "builtin" and self.builtin is None:
-            raise ValueError("kind 'builtin' needs `builtin: python-docs` or `builtin: python-code`")
+            raise ValueError(f"kind 'builtin' needs `builtin:` one of {', '.join(sorted(builtins))}")
         if self.kind != "builtin" and not self.paths:
             raise ValueError(f"source {self.name!r} of kind {self.kind!r} needs `paths`")
         return self
@@ -244,7 +271,9 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     analysis: AnalysisConfig = AnalysisConfig()
-    base_dir: str | None = None  # where relative source paths start (default: the config's folder)
+    # where relative source paths start (default: the config's folder); never saved in run.yaml,
+    # which would put a path of this machine in the run
+    base_dir: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _model_fits(self) -> "RunConfig":

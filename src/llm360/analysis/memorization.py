@@ -51,7 +51,7 @@ import numpy as np
 from llm360.errors import UserError
 from llm360.analysis.records import out_dir, read_scores, read_summary  # noqa: F401  (re-exported)
 from llm360.rundir import STATE_FILE, RunDir, checkpoint_problems
-from llm360.utils import append_jsonl, fsync_dir, read_jsonl
+from llm360.utils import append_jsonl, fsync_dir
 
 SCORE_COLUMNS = ("checkpoint", "step", "chunk", "row", "row_step", "seen", "score", "matched", "extractable",
                  "train_count", "time")

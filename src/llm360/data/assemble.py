@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from llm360.data.encode import read_docs
-from llm360.data.sources import Plan, uri_of, where
+from llm360.data.sources import Plan, uri_of
+from llm360.rundir import DATA_FORMAT
 from llm360.errors import UserError
 from llm360.rundir import pad_width
 from llm360.utils import sha256_file
 
-FORMAT = "llm360-data/1"
 ROW_BLOCK = 1 << 15  # rows gathered at a time when writing a chunk
 
 
@@ -166,7 +166,7 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
             c.drop(reason, n, t["examples"].get(reason))
 
     docs = _load_documents(plan, tasks, progress)
-    _dedup(docs, plan, names, counts, strict=data.strict, enabled=data.filters.dedup)
+    _dedup(docs, names, counts, enabled=data.filters.dedup)
     stream_len = _write_streams(docs, tasks, len(names), dtype, work_dir, progress)
     documents_sha = _write_documents(docs, names, data_dir / "documents.parquet")
 
@@ -217,7 +217,7 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
     for s, sp in enumerate(plan.sources):
         entry = {
             "name": sp.name, "kind": sp.kind, "builtin": sp.builtin, "license": sp.license,
-            "root": sp.root, "text_field": sp.text_field,
+            "description": sp.description, "root": sp.recorded_root, "text_field": sp.text_field,
             "documents_read": int(counts[s].read),
             "documents_kept": len(geometry[s][0]),
             "dropped": dict(sorted(counts[s].dropped.items())),
@@ -233,7 +233,7 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
         sources.append(entry)
 
     return {
-        "format": FORMAT,
+        "format": DATA_FORMAT,
         "seed": cfg.seed,
         "seq_len": data.seq_len,
         "row_tokens": L,
@@ -252,22 +252,23 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
 
 
 def _load_documents(plan: Plan, tasks: list[tuple[Path, dict]], progress: Progress) -> Documents:
-    # records per unit, so a JSONL byte range knows how many lines came before it
+    # records per unit, so a unit that continues a file (a JSONL byte range) knows how many
+    # records of that file came before it
     unit_records = np.zeros(len(plan.units), dtype=np.int64)
     for _, t in tasks:
         unit_records[t["units"][0] : t["units"][0] + len(t["unit_records"])] = t["unit_records"]
-    line_base = np.zeros(len(plan.units), dtype=np.int64)
+    before = np.zeros(len(plan.units), dtype=np.int64)
     for u in plan.units[1:]:
         prev = plan.units[u.index - 1]
-        if u.kind == "jsonl" and u.start > 0 and prev.path == u.path:
-            line_base[u.index] = line_base[prev.index] + unit_records[prev.index]
+        if u.start > 0 and prev.path == u.path:
+            before[u.index] = before[prev.index] + unit_records[prev.index]
 
     progress.start("index documents", len(tasks))
     parts, uris, sizes = [], [], []
     for shard_dir, t in tasks:
         docs, names = read_docs(shard_dir / "tasks" / t["file"])
         units = docs["unit"].astype(np.int64)
-        uris += [uri_of(plan.units[u], k, n, line_base[u]) for u, k, n in zip(units.tolist(), docs["key"].tolist(), names)]
+        uris += [uri_of(plan.units[u], k, n, int(before[u])) for u, k, n in zip(units.tolist(), docs["key"].tolist(), names)]
         parts.append((np.full(len(docs), t["source"], dtype=np.int32), units, docs))
         sizes.append(len(docs))
         progress.advance()
@@ -281,8 +282,11 @@ def _load_documents(plan: Plan, tasks: list[tuple[Path, dict]], progress: Progre
     )
 
 
-def _dedup(docs: Documents, plan: Plan, names: list[str], counts: list[SourceCounts], strict: bool, enabled: bool) -> None:
-    """Keep the first occurrence of each text (source order, then document order)."""
+def _dedup(docs: Documents, names: list[str], counts: list[SourceCounts], enabled: bool) -> None:
+    """Keep the first occurrence of each text (source order, then document order).
+
+    A duplicate is dropped by design, never an error, even with data.strict.
+    """
     docs.keep = np.ones(len(docs.sha), dtype=bool)
     if not enabled or not len(docs.sha):
         return
@@ -298,10 +302,6 @@ def _dedup(docs: Documents, plan: Plan, names: list[str], counts: list[SourceCou
         j = int(original[i])
         return f"duplicate of {names[docs.source[j]]} document {docs.uri[j]}"
 
-    if strict:
-        i = int(dups[0])
-        unit = plan.units[int(docs.unit[i])]
-        raise UserError(f"{where(unit, int(docs.key[i]), docs.uri[i] if unit.kind == 'python-topics' else None)}: {what(i)}")
     for s, n in enumerate(np.bincount(docs.source[dups], minlength=len(names)).tolist()):
         if n:
             i = int(dups[docs.source[dups] == s][0])

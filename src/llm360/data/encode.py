@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm360.data.sources import Record, Unit, read_unit
+from llm360.data.sources import BROKEN_REASONS, Record, Unit, message, read_unit
 
 SHARD_FORMAT = "llm360-shard/1"
 BATCH_CHARS = 1 << 20  # characters per encode_batch call
@@ -43,7 +43,7 @@ class Task:
     dtype: str
     min_chars: int
     max_chars: int
-    strict: bool
+    strict: bool  # stop at the first broken record (not at one the filters drop)
     cached: dict[int, list[Record]] = field(default_factory=dict)  # units already read (sampling)
 
 
@@ -123,9 +123,10 @@ def run_task(task: Task) -> dict:
                 n += 1
                 if rec.reason:
                     dropped[rec.reason] += 1
-                    examples.setdefault(rec.reason, rec.message)
-                    if task.strict:
-                        error = rec.message
+                    if rec.reason not in examples:  # recorded in the manifest: no path of this machine
+                        examples[rec.reason] = message(unit, rec, full=False)
+                    if task.strict and rec.reason in BROKEN_REASONS:
+                        error = message(unit, rec)
                         break
                     continue
                 data = rec.text.encode("utf-8")

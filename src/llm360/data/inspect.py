@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from llm360.data.store import RunData, batch_at
 from llm360.errors import UserError
 from llm360.rundir import pad_width
+from llm360.utils import fsync_dir
+
+# C0 and C1 control characters but newline and tab: ESC, BEL, CR... in a corpus must not reach
+# the terminal raw (an escape sequence in a document could clear or rewrite the user's screen)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (but newline and tab) shown as `\\xNN` escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def cli_batch(args) -> int:
@@ -20,14 +31,14 @@ def cli_batch(args) -> int:
         return 0
     c, first = data.step_location(args.step)
     stage = data.stage_of_chunk(c)
-    print(f"step {args.step}: chunk {c} (stage {stage.index} {stage.name}), rows {first}..{first + data.global_batch_rows - 1} "
-          f"of {data.rows_per_chunk}; fingerprint {data.fingerprint[:16]}")
+    print(printable(f"step {args.step}: chunk {c} (stage {stage.index} {stage.name}), rows {first}.."
+                    f"{first + data.global_batch_rows - 1} of {data.rows_per_chunk}; fingerprint {data.fingerprint[:16]}"))
     for row in rows:
-        print(f"\n=== row {row['row']}  source {row['source']}")
+        print(printable(f"\n=== row {row['row']}  source {row['source']}"))
         for s in row["spans"]:
             end = s["doc_token_offset"] + s["length"]
-            print(f"    doc {s['doc_id']} {s['uri']} tokens [{s['doc_token_offset']}:{end}] at row offset {s['offset']}")
-        print(row["text"])
+            print(printable(f"    doc {s['doc_id']} {s['uri']} tokens [{s['doc_token_offset']}:{end}] at row offset {s['offset']}"))
+        print(printable(row["text"]))
     return 0
 
 
@@ -46,7 +57,9 @@ def export_llm360(run: str | Path | RunData, out: str | Path, progress: bool = F
             chunk = data.chunk(c)
             sources = data.row_sources(c)
             path = out / f"train_{c:0{width}d}.jsonl"
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            # streamed (a chunk's JSON may not fit in memory), then fsynced and renamed like
+            # utils.atomic_write_bytes does
             with open(tmp, "w", encoding="utf-8") as f:
                 for start in range(0, len(chunk), 4096):
                     block = chunk[start : start + 4096].tolist()
@@ -54,9 +67,12 @@ def export_llm360(run: str | Path | RunData, out: str | Path, progress: bool = F
                         '{"token_ids": [' + ", ".join(map(str, ids)) + '], "source": ' + json.dumps(sources[start + i]) + "}\n"
                         for i, ids in enumerate(block)
                     ))
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
             written.append(path)
             bar.advance(task)
+    fsync_dir(out)
     return written
 
 

@@ -8,7 +8,9 @@ disk as they come (encode.py); then, without tokenizing again, dedup, cut rows, 
 and stage mixtures and write the chunks (assemble.py). All of it is built in a temporary folder
 next to RUN (or in RUN/.prepare when RUN exists) and moved into place at the end, so a failure
 leaves no half-written data behind. When RUN/data is already complete, prepare does nothing (and
-refuses when the config's data settings changed).
+refuses when the config's data settings changed). A prepare that was killed (kill -9, power loss)
+leaves its staging folder, named `...-HOST-PID`; the next prepare removes those of this host whose
+process is gone, and says so.
 
 Sharded (large corpora, several machines sharing RUN):
 
@@ -31,7 +33,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -48,11 +53,10 @@ from llm360.data.encode import (
     sample_unit,
     shard_range,
 )
-from llm360.data.store import compute_fingerprint
 from llm360.data.tokenizer import load_existing, train_bpe, write_tokenizer_dir
 from llm360.errors import UserError
-from llm360.rundir import pad_width
-from llm360.utils import atomic_write_json, fsync_tree, replace_dir, sha256_file
+from llm360.rundir import compute_fingerprint, pad_width
+from llm360.utils import atomic_write_json, fsync_dir, fsync_tree, replace_dir, sha256_file
 
 PREPARE_DIR = ".prepare"
 
@@ -189,7 +193,8 @@ def draw_sample(cfg, plan: S.Plan, pool, workers: int, report: Reporter):
                 cache[index] = records
             for pos, rec in enumerate(records):
                 if rec.reason:
-                    problems.append((index, pos, rec.message))
+                    if rec.reason in S.BROKEN_REASONS:  # strict stops on these, not on filtered ones
+                        problems.append((index, pos, rec))
                 elif got < share:
                     piece = rec.text[: share - got]
                     texts.append(piece)
@@ -211,7 +216,8 @@ def obtain_tokenizer(cfg, plan: S.Plan, pool, workers: int, work: Path, report: 
         if not p.is_absolute():
             p = Path(cfg.base_dir or ".") / p
         tok, file, eos, eos_id = load_existing(p)
-        return _info(file, tok.get_vocab_size(), eos, eos_id, trained=False, source=str(p)), {}
+        # the manifest records the path as the config wrote it, not where it is on this machine
+        return _info(file, tok.get_vocab_size(), eos, eos_id, trained=False, source=tcfg.path), {}
     if shared is not None and (shared / "info.json").exists():
         info = json.loads((shared / "info.json").read_text(encoding="utf-8"))
         if info.get("plan_id") == pid and sha256_file(shared / "tokenizer.json") == info["sha256"]:
@@ -221,7 +227,8 @@ def obtain_tokenizer(cfg, plan: S.Plan, pool, workers: int, work: Path, report: 
 
     texts, cache, problems = draw_sample(cfg, plan, pool, workers, report)
     if problems and cfg.data.strict:
-        raise UserError(min(problems)[2])
+        index, _, rec = min(problems, key=lambda p: p[:2])
+        raise UserError(S.message(plan.units[index], rec))
     if not texts:
         raise UserError("no document passed the filters, so there is no text to train the tokenizer on; "
                         "check data.sources and data.filters")
@@ -254,15 +261,17 @@ def _info(path: Path, vocab_size: int, eos: str, eos_id: int, trained: bool, sou
 
 def _publish_tokenizer(shared: Path, path: Path, info: dict) -> None:
     """Leave the trained tokenizer for later shards (atomic; a racing shard wrote the same bytes)."""
-    tmp = shared.with_name(f".{shared.name}.tmp-{os.getpid()}")
+    tmp = shared.with_name(f".{shared.name}.tmp-{owner_tag()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copyfile(path, tmp / "tokenizer.json")
     atomic_write_json(tmp / "info.json", {k: v for k, v in info.items() if k != "path"})
+    fsync_tree(tmp)
     try:
         if shared.exists():
             shutil.rmtree(shared)
         os.replace(tmp, shared)
+        fsync_dir(shared.parent)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -360,6 +369,10 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
     run_dir = Path(run_dir).expanduser().absolute()
     workers = max(1, int(workers or cfg.data.workers))
     manifest_path = run_dir / "data" / "manifest.json"
+    removed = remove_dead_leftovers(run_dir)
+    if removed:
+        print(f"removed {len(removed)} staging folder(s) left by killed prepare runs: "
+              f"{', '.join(p.name for p in removed)}", file=sys.stderr)
     if manifest_path.exists():
         return _already_prepared(cfg, run_dir, manifest_path, summary)
     plan = S.plan_sources(cfg.data, cfg.base_dir)
@@ -379,7 +392,7 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
 
         shard_set = find_shards(prep, pid) if prep.exists() else None
         fresh = not run_dir.exists()
-        staging = run_dir.parent / f".{run_dir.name}.prepare-{os.getpid()}" if fresh else prep / f"build-{os.getpid()}"
+        staging = run_dir.parent / f".{run_dir.name}.prepare-{owner_tag()}" if fresh else prep / f"build-{owner_tag()}"
         try:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
@@ -406,6 +419,7 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
             if fresh:
                 _save_run_config(cfg, staging / "run.yaml")
                 os.replace(staging, run_dir)
+                fsync_dir(run_dir.parent)
             else:
                 replace_dir(data_dir, run_dir / "data")
                 _save_run_config(cfg, run_dir / "run.yaml")
@@ -420,6 +434,49 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
     if summary:
         _print_summary(manifest, result)
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# staging folders of killed runs
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+
+
+def owner_tag() -> str:
+    """`HOST-PID`, ending the name of every staging folder, so a later prepare knows whose it is."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (os.kill with signal 0 only asks)."""
+    if os.name == "nt":  # os.kill would end it there: never call one dead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # it exists (another user's) / not a pid we can judge: keep its folder
+    return True
+
+
+def remove_dead_leftovers(run_dir: Path) -> list[Path]:
+    """Remove the staging folders of prepare runs of this host whose process is gone (kill -9,
+    a crash): `.RUN.prepare-HOST-PID` beside RUN, and `build-HOST-PID`, `.NAME.tmp-HOST-PID` in
+    RUN/.prepare. Folders of live processes, or of other hosts sharing RUN, are left alone."""
+    host = re.escape(_host())
+    places = [(run_dir.parent, re.compile(rf"\.{re.escape(run_dir.name)}\.prepare-{host}-(\d+)")),
+              (run_dir / PREPARE_DIR, re.compile(rf"(?:build|\..+\.tmp)-{host}-(\d+)"))]
+    removed = []
+    for folder, pattern in places:
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            m = pattern.fullmatch(path.name)
+            if m and path.is_dir() and not pid_alive(int(m.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 def _save_run_config(cfg, path: Path) -> None:
@@ -438,7 +495,7 @@ def _prepare_shard(cfg, plan, pid, run_dir: Path, shard: tuple[int, int], pool, 
             return {"status": "shard-exists", "run_dir": str(run_dir), "shard": f"{i}/{n}", "dir": str(final),
                     "documents": sum(t["docs"] for t in meta["tasks"]), "tokens": sum(t["tokens"] for t in meta["tasks"])}
     fresh = not run_dir.exists()
-    tmp = prep / f".{final.name}.tmp-{os.getpid()}"
+    tmp = prep / f".{final.name}.tmp-{owner_tag()}"
     units = shard_range(plan.units, i, n)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -451,6 +508,7 @@ def _prepare_shard(cfg, plan, pid, run_dir: Path, shard: tuple[int, int], pool, 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(prep)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         # a run directory this call created goes too, unless another shard is at work in it

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llm360.errors import UserError
-from llm360.rundir import DATA_FORMAT as FORMAT  # noqa: F401  (prepare writes it)
-from llm360.rundir import (ChunkInfo, HeldoutInfo, Manifest, RunDir, StageInfo, compute_fingerprint,  # noqa: F401
-                           read_manifest)
+from llm360.rundir import ChunkInfo, HeldoutInfo, Manifest, RunDir, StageInfo, read_manifest
 from llm360.utils import sha256_file
 
 class RunData:
@@ -173,13 +171,17 @@ class RunData:
             raise UserError(f"doc_id {doc_id} does not exist (0..{docs.num_rows - 1})")
         return {k: v[0] for k, v in docs.slice(doc_id, 1).to_pydict().items()}
 
-    def document_text(self, doc_id: int) -> str:
-        """Read document `doc_id` again from its source by its uri (cleaned as prepare did)."""
+    def document_text(self, doc_id: int, base_dir: str | Path | None = None) -> str:
+        """Read document `doc_id` again from its source by its uri (cleaned as prepare did).
+
+        The manifest records source roots relative to the folder of the config that prepared the
+        run (never a path of that machine): give that folder as `base_dir` for file sources.
+        """
         from llm360.data.sources import read_by_uri
 
         doc = self.document(doc_id)
         source = next(s for s in self.manifest.sources if s.name == doc["source"])
-        return read_by_uri(source.as_config(), doc["uri"])
+        return read_by_uri(source.as_config(), doc["uri"], base_dir)
 
     # -- checks
 

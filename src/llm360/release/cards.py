@@ -342,12 +342,15 @@ def data_card(facts: Facts) -> str:
         rows = []
         for s in sources:
             dropped = s.get("dropped") if isinstance(s.get("dropped"), dict) else {}
-            rows.append([md(s.get("name")), md(s.get("kind", "-")), md(s.get("license") or "not given"),
+            rows.append([md(s.get("name")), md(_source_kind(s)), md(s.get("license") or "not given"),
                          thousands(s.get("documents_read")), thousands(s.get("documents_kept")),
                          thousands(sum(v for v in dropped.values() if isinstance(v, int))),
-                         thousands(s.get("tokens")), thousands(s.get("train_rows")), thousands(s.get("heldout_rows"))])
+                         thousands(s.get("tokens")), thousands(s.get("train_rows")), thousands(s.get("heldout_rows")),
+                         md(s.get("description") or "not given")])
+        # where the data came from is the source's description, in its author's words, never the
+        # manifest's root: that is a place on the machine that prepared the run
         parts += [md_table(["source", "kind", "license", "documents read", "kept", "dropped", "tokens",
-                            "training rows", "held-out rows"], rows), ""]
+                            "training rows", "held-out rows", "description"], rows), ""]
         drops = [[md(s.get("name")), md(reason), thousands(n)] for s in sources
                  for reason, n in sorted((s.get("dropped") or {}).items()) if isinstance(s.get("dropped"), dict)]
         parts += ["### Documents dropped or changed, per reason", "",
@@ -375,6 +378,14 @@ def data_card(facts: Facts) -> str:
     else:
         parts += ["None: every row of every trained chunk was trained on.", ""]
     return "\n".join(parts)
+
+
+def _source_kind(source: dict) -> str:
+    """`jsonl`, ..., or the built-in's name with the Python it came from (`python-docs, Python 3.11.9`)."""
+    if source.get("kind") == "builtin" and source.get("builtin"):
+        python = f", Python {source['python']}" if source.get("python") else ""
+        return f"{source['builtin']}{python}"
+    return str(source.get("kind", "-"))
 
 
 def _stage_detail(facts: Facts) -> str:

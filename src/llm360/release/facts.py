@@ -192,7 +192,7 @@ def checkpoint_table(run_dir: Path, steps_per_chunk: int, tokens_per_step: int) 
 
 def model_facts(run_dir: Path, facts: Facts) -> dict:
     """Architecture and parameter count, from a checkpoint's config.json (else from the config)."""
-    from llm360.model.llama import num_params
+    from llm360.model.args import num_params
 
     args = None
     for row in reversed(facts.checkpoints):
@@ -227,7 +227,7 @@ def model_facts(run_dir: Path, facts: Facts) -> dict:
 
 
 def _args_from_config(facts: Facts):
-    from llm360.model.llama import model_args
+    from llm360.model.args import model_args
 
     model_cfg = _section(facts.config, "model")
     overrides = {k: v for k, v in model_cfg.items() if k != "preset" and v is not None}

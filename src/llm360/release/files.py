@@ -19,7 +19,6 @@ from pathlib import Path, PurePosixPath
 
 from llm360.utils import HASH_READ_BYTES
 
-from llm360.rundir import RELEASE_FILE, RELEASE_FORMAT  # noqa: F401  (the release's own names)
 
 
 @dataclass

@@ -25,7 +25,8 @@ from pathlib import Path
 from llm360.errors import UserError
 from llm360.rundir import (CHECKPOINTS_DIR, CHECKSUMS_FILE, MANIFEST_FILE, STATE_FILE, checkpoint_order, compute_fingerprint,
                            is_checkpoint_name, parse_checksums)
-from llm360.release.files import (RELEASE_FILE, RELEASE_FORMAT, Scan, hash_files, link_leaves, scan_tree,
+from llm360.rundir import RELEASE_FILE, RELEASE_FORMAT
+from llm360.release.files import (Scan, hash_files, link_leaves, scan_tree,
                                   through_link, unsafe_path)
 
 MAX_JSON_BYTES = 1 << 30  # a manifest or release.json beyond this is not read

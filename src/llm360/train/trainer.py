@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 from llm360.config import (ModelConfig, RunConfig, TrainConfig, apply_override, differences, load_run_config,
                            save_config, to_dict, validate)
-from llm360.data.store import RunData, compute_fingerprint
+from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args
-from llm360.rundir import (Checkpoint, checkpoint_problems, chunk_checkpoint_name, frozen_changes,
+from llm360.rundir import (Checkpoint, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
                            step_checkpoint_name)
 from llm360.train import checkpoint as ckpt
 from llm360.train.parallel import (
