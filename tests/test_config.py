@@ -152,3 +152,15 @@ def test_config_that_is_a_folder_or_not_utf8_is_named(tmp_path):
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(UserError, match=rf"{path}: not UTF-8 text \(byte 9 is 0xe9\)"):
         load_config(path)
+
+
+def test_a_run_recorded_with_a_retired_key_still_loads(tmp_path):
+    from llm360.config import load_config, load_run_config, save_config
+
+    cfg = load_config("demo")
+    save_config(cfg, tmp_path / "run.yaml")
+    text = (tmp_path / "run.yaml").read_text().replace("train:\n", "train:\n  log_every: 1\n", 1)
+    (tmp_path / "run.yaml").write_text(text)
+    assert load_run_config(tmp_path).train == cfg.train
+    with pytest.raises(UserError, match="log_every"):  # a user's config is not a record: refused
+        load_config(tmp_path / "run.yaml")

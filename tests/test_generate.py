@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import pytest
 import torch
@@ -180,7 +181,24 @@ def test_cli_generate(setup, capsys):
     assert out["completion"] == tokenizer.decode(expected)
     ns.json = False
     assert cli_generate(ns) == 0
-    assert capsys.readouterr().out.startswith("The path")
+    captured = capsys.readouterr()
+    assert captured.out.startswith("The path") and "warning" not in captured.err  # no checksums: nothing to check
+
+
+def test_cli_generate_warns_about_a_damaged_checkpoint(setup, tmp_path, capsys):
+    from llm360.rundir import write_checksums
+
+    ck = tmp_path / "ckpt_000"
+    shutil.copytree(setup[3], ck)
+    write_checksums(ck)
+    ns = argparse.Namespace(checkpoint=str(ck), prompt="The path", max_new_tokens=2, temperature=0.0, top_k=None,
+                            seed=None, json=True)
+    assert cli_generate(ns) == 0 and "warning" not in capsys.readouterr().err
+    with open(ck / "config.json", "a") as f:
+        f.write(" ")
+    assert cli_generate(ns) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "ckpt_000/config.json: sha256 differs" in err
     ns.checkpoint = str(ck.parent / "missing")
     with pytest.raises(UserError):
         cli_generate(ns)

@@ -10,8 +10,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "llm360"
 STAGES = ("data", "model", "train", "eval", "analysis", "release")
 TORCH_FREE = ("llm360.rundir", "llm360.config", "llm360.lock", "llm360.errors", "llm360.utils", "llm360.cli",
-              "llm360.model.args"
-              )
+              "llm360.model.args")
 
 
 def module_name(path: Path) -> str:

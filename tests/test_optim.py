@@ -173,3 +173,24 @@ def test_compiled_update_bakes_in_no_hyperparameter():
     first_step((0.9, 0.95), 0.1, compile=True)
     for a, b in zip(first_step((0.8, 0.999), 0.0, compile=True), first_step((0.8, 0.999), 0.0, compile=False)):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_found_inf_withholds_the_update():
+    """The spike guard withholds a bad step's update on the device by setting `found_inf` on
+    torch's fused AdamW (Trainer._train_step): with it at 1 the kernel leaves the weights, both
+    moments and the step count as they were; at 0 it updates. This pins that behaviour of torch."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(7))
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    p.grad = torch.randn(7)
+    opt.step()  # the moments exist from here on
+    before = p.detach().clone()
+    state = {k: v.clone() for k, v in opt.state[p].items()}
+    p.grad = torch.randn(7)
+    opt.found_inf = torch.ones(())
+    opt.step()
+    assert torch.equal(p, before)
+    assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert not torch.equal(p, before) and int(opt.state[p]["step"]) == int(state["step"]) + 1

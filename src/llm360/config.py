@@ -219,7 +219,6 @@ class TrainConfig(Section):
     deterministic: bool = True
     collective_timeout_minutes: float = Field(60, gt=0)  # how long ranks wait on each other (checkpoint writes)
     extra_checkpoint_steps: list[int] = []
-    log_every: int = Field(1, ge=1)
     spike: SpikeConfig = SpikeConfig()
     fault_injection: FaultInjectionConfig = FaultInjectionConfig()
 
@@ -303,10 +302,17 @@ def builtin_config(name: str) -> Path:
     return path
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+# Keys that earlier versions wrote into run.yaml and that no longer exist: a run recorded by
+# them still loads (a user's own config with such a key is refused like any unknown key).
+RETIRED_KEYS = (("train", "log_every"),)  # never did anything
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                recorded: bool = False) -> RunConfig:
     """Read a YAML config (default: the shipped demo), apply `--a.b=value` overrides, validate.
 
-    `path` may also be a shipped config's name ("demo", "amber-7b", "crystal-7b").
+    `path` may also be a shipped config's name ("demo", "amber-7b", "crystal-7b"). `recorded`:
+    the file is a run's run.yaml, written by llm360 (retired keys are dropped).
     """
     if path is None:
         path = builtin_config("demo")
@@ -316,6 +322,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree = _read_yaml(path)
     if not isinstance(tree, dict):
         raise UserError(f"{path}: the config must be a mapping of sections, got {type(tree).__name__}")
+    for section, key in RETIRED_KEYS if recorded else ():
+        if isinstance(tree.get(section), dict):
+            tree[section].pop(key, None)
     for item in overrides or []:
         apply_override(tree, item)
     tree.setdefault("base_dir", str(path.resolve().parent))
@@ -459,5 +468,4 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "run.yaml"
     if not path.exists():
         raise UserError(f"{run_dir} is not a run directory (no run.yaml); run `llm360 prepare` first")
-    cfg = load_config(path)
-    return cfg
+    return load_config(path, recorded=True)

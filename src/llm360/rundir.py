@@ -39,7 +39,6 @@ RELEASE_FILE = "release.json"
 MODEL_CARD = "MODEL_CARD.md"
 DATA_CARD = "DATA_CARD.md"
 REPORT_FILE = "report/index.html"
-LOCK_FILE = ".llm360.lock"  # never part of a release
 
 DATA_DIR = "data"
 MANIFEST_FILE = "data/manifest.json"
@@ -55,7 +54,6 @@ TRAIN_LOG = "metrics/train.jsonl"
 EVENTS_LOG = "metrics/events.jsonl"
 EVAL_LOG = "metrics/eval.jsonl"
 TENSORBOARD_DIR = "metrics/tb"
-ANALYSIS_DIR = "analysis"
 MEMORIZATION_DIR = "analysis/memorization"
 SEARCH_DIR = "analysis/search"
 
@@ -126,14 +124,6 @@ class Checkpoint:
     name: str
     path: Path
     steps_done: int  # optimizer steps the weights have seen
-
-    @property
-    def kind(self) -> str:
-        return CheckpointName.parse(self.name).kind
-
-    @property
-    def is_chunk(self) -> bool:
-        return self.kind == "ckpt"
 
 
 # -- the run directory -----------------------------------------------------------------------------
@@ -523,9 +513,6 @@ class Manifest:
     def stage_starts(self) -> list[tuple[int, int]]:
         """(first step, re-warm steps) of each stage, for the learning-rate schedule."""
         return [(s.first_chunk * self.steps_per_chunk, s.rewarm_steps) for s in self.stages]
-
-    def chunk_of_step(self, step: int) -> int:
-        return step // self.steps_per_chunk
 
 
 def compute_fingerprint(manifest: dict | Manifest) -> str:

@@ -24,10 +24,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def fsync_dir(path: str | Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from llm360.errors import UserError
+from llm360.rundir import SEARCH_DIR
 from llm360.utils import atomic_write_json, replace_dir
 
 FORMAT = "llm360-search/1"
@@ -47,7 +48,7 @@ HACK = 100_000  # bytes each infini-gram part reads past its end, so suffixes ne
 
 
 def index_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "analysis" / "search"
+    return Path(run_dir) / SEARCH_DIR
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,12 +12,14 @@ comparable with lm-eval runs on the exported checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from llm360.errors import UserError
+from llm360.rundir import CHECKSUMS_FILE, checksum_problems
 
 # special tokens lm-eval would use as the context of an empty-context request (BOS, else EOS)
 _PREFIX_CANDIDATES = ("<s>", "<|begin_of_text|>", "<bos>", "<|bos|>", "<|endoftext|>", "</s>", "<eos>", "<|eos|>")
@@ -229,10 +231,23 @@ def score_requests(model, tokenizer, requests: list[tuple[str, str]], *, batch_s
 # command line
 
 
+def _warn_if_damaged(folder: Path) -> None:
+    """A checkpoint of a run carries CHECKSUMS.sha256: say so when its files do not match it (a
+    plain Hugging Face folder has none, and nothing to check)."""
+    if not (folder / CHECKSUMS_FILE).is_file():
+        return
+    found = checksum_problems(folder)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        print(f"llm360 generate: warning: {folder} does not match its {CHECKSUMS_FILE}: {found[0]}{more}; "
+              "the output may not be that of the checkpoint", file=sys.stderr)
+
+
 def cli_generate(args) -> int:
     """`llm360 generate CHECKPOINT --prompt TEXT`: print the prompt and its continuation."""
     from llm360.model.hf import load_hf
 
+    _warn_if_damaged(Path(args.checkpoint))
     tokenizer = load_tokenizer(args.checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, margs = load_hf(args.checkpoint, device=device)

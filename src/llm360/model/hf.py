@@ -48,10 +48,6 @@ LAYER_NAMES = {
     "feed_forward.w3.weight": "mlp.up_proj.weight",
     "feed_forward.w2.weight": "mlp.down_proj.weight",
 }
-TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-             "output.weight": "lm_head.weight"}
-
-
 def name_map(args: ModelArgs) -> dict[str, str]:
     """llm360 name -> HF name for every tensor of this config, in model order."""
     names = {"tok_embeddings.weight": "model.embed_tokens.weight"}

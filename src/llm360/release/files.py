@@ -27,10 +27,6 @@ class Scan:
     links: dict[str, str] = field(default_factory=dict)  # symbolic links: path -> where they point
     odd: dict[str, str] = field(default_factory=dict)  # neither file, folder nor link: path -> what
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(st.st_size for st in self.files.values())
-
 
 def scan_tree(root: str | Path) -> Scan:
     """Every entry under `root`, walked without following links."""

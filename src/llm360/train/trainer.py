@@ -27,7 +27,7 @@ from llm360.config import (ModelConfig, RunConfig, TrainConfig, apply_override, 
 from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args
-from llm360.rundir import (Checkpoint, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
+from llm360.rundir import (Checkpoint, CheckpointName, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
                            step_checkpoint_name)
 from llm360.train import checkpoint as ckpt
 from llm360.train.parallel import (
@@ -509,7 +509,7 @@ class Trainer:
         self.records.event("checkpoint", steps_done - 1, checkpoint=name, steps_done=steps_done,
                            tokens=self.position.tokens)
         self.faults.after_checkpoint(steps_done, self.records)
-        if name.startswith("ckpt_") and self.dist.is_main:
+        if CheckpointName.parse(name).kind == "ckpt" and self.dist.is_main:
             self.after_checkpoint(name, steps_done)
         if dist.is_initialized():
             dist.barrier()
