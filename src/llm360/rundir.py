@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -597,21 +596,11 @@ def read_trainer_state(checkpoint: Checkpoint | Path) -> TrainerState:
     return TrainerState.from_json(obj, str(path))
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # -- what prepare fixed ------------------------------------------------------------------------------
 
 # The data identity: prepare cut and ordered the chunks with these, so a later command that
 # changed any of them would train on other rows than the chunks hold.
-FROZEN_BY_PREPARE = ("name", "seed", "base_dir", "data", "train.global_batch_rows", "train.steps_per_chunk")
+FROZEN_BY_PREPARE = ("name", "seed", "data", "train.global_batch_rows", "train.steps_per_chunk")
 # Once `init` is written, the architecture is that of the weights.
 FROZEN_BY_INIT = ("model",)
 

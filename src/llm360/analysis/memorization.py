@@ -48,8 +48,14 @@ from pathlib import Path
 
 import numpy as np
 
-from llm360.errors import UserError
+from llm360.analysis import search
+from llm360.analysis.plots import plot_memorization
 from llm360.analysis.records import out_dir, read_scores, read_summary  # noqa: F401  (re-exported)
+from llm360.config import load_run_config
+from llm360.data.store import RunData
+from llm360.errors import UserError
+from llm360.model.generate import generate
+from llm360.model.hf import load_hf
 from llm360.rundir import STATE_FILE, RunDir, checkpoint_problems
 from llm360.utils import append_jsonl, fsync_dir
 
@@ -186,10 +192,6 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
     import torch
     from rich.console import Console
 
-    from llm360.config import load_run_config
-    from llm360.data.store import RunData
-    from llm360.model.generate import generate
-    from llm360.model.hf import load_hf
 
     run_dir = Path(run_dir)
     console = Console(stderr=True, quiet=quiet)
@@ -267,8 +269,6 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
     result = [r for r in read_summary(run_dir) if (r["checkpoint"], r["chunk"]) in wanted]
     result.sort(key=lambda r: (r["step"], r["checkpoint"], r["chunk"]))
     if plots:
-        from llm360.analysis.plots import plot_memorization
-
         for path in plot_memorization(run_dir, chunk=plot_chunk, console=console):
             console.print(f"plot: {path}")
     return result
@@ -309,7 +309,6 @@ AUTO_INDEX_TOKENS = 2_000_000_000  # build the search index on the fly only belo
 def _train_counter(run_dir: Path, data, length: int, console):
     """counter(chunk, rows) -> occurrences of each row's first `length` tokens in the training
     chunks, from the search index (built now when missing or stale and the data is small)."""
-    from llm360.analysis import search
 
     try:
         index = search.RunIndex(run_dir, data)

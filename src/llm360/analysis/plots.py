@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm360.analysis.records import read_scores, read_summary
 from llm360.rundir import pad_width
 
 PLOTS_HINT = "pip install 'llm360[plots]'"
@@ -47,7 +48,6 @@ def _save(fig, path: Path) -> Path:
 
 def plot_memorization(run_dir: str | Path, chunk: int | None = None, console=None) -> list[Path]:
     """Draw the memorization figures from summary.jsonl and scores.parquet; [] without matplotlib."""
-    from llm360.analysis.records import read_scores, read_summary
 
     plt = _pyplot()
     if plt is None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.rundir import SEARCH_DIR
 from llm360.utils import atomic_write_json, replace_dir
@@ -388,8 +389,6 @@ class TokenIndex:
 
 
 def _run_data(run_dir: Path):
-    from llm360.data.store import RunData
-
     return RunData(run_dir)
 
 

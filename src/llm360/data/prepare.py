@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from llm360.config import differences, load_config, load_run_config
+from llm360.config import differences, load_config, load_run_config, save_config
 from llm360.data import sources as S
 from llm360.data.assemble import assemble, seeded_rng
 from llm360.data.encode import (
@@ -84,7 +84,7 @@ def config_sha256(cfg) -> str:
     return hashlib.sha256(_canonical(data_identity(cfg)).encode()).hexdigest()
 
 
-def plan_id(cfg, plan: S.Plan) -> str:
+def compute_plan_id(cfg, plan: S.Plan) -> str:
     """What the shards' tokens depend on: sources, filters, tokenizer settings, seed, the units."""
     d = cfg.data
     ident = {
@@ -208,7 +208,7 @@ def draw_sample(cfg, plan: S.Plan, pool, workers: int, report: Reporter):
 
 
 def obtain_tokenizer(cfg, plan: S.Plan, pool, workers: int, work: Path, report: Reporter,
-                     shared: Path | None = None, pid: str = "") -> tuple[dict, dict]:
+                     shared: Path | None = None, plan_id: str = "") -> tuple[dict, dict]:
     """(tokenizer info, records of units read while sampling) — trained, loaded or reused."""
     tcfg = cfg.data.tokenizer
     if tcfg.path:
@@ -220,7 +220,7 @@ def obtain_tokenizer(cfg, plan: S.Plan, pool, workers: int, work: Path, report: 
         return _info(file, tok.get_vocab_size(), eos, eos_id, trained=False, source=tcfg.path), {}
     if shared is not None and (shared / "info.json").exists():
         info = json.loads((shared / "info.json").read_text(encoding="utf-8"))
-        if info.get("plan_id") == pid and sha256_file(shared / "tokenizer.json") == info["sha256"]:
+        if info.get("plan_id") == plan_id and sha256_file(shared / "tokenizer.json") == info["sha256"]:
             info["path"] = str(shared / "tokenizer.json")
             report.log(f"tokenizer: reusing {shared / 'tokenizer.json'} (trained by an earlier shard)")
             return info, {}
@@ -240,7 +240,7 @@ def obtain_tokenizer(cfg, plan: S.Plan, pool, workers: int, work: Path, report: 
     info = _info(path, tok.get_vocab_size(), "<|endoftext|>", tok.token_to_id("<|endoftext|>"),
                  trained=True, source="trained", sample_chars=sum(map(len, texts)))
     if shared is not None:
-        _publish_tokenizer(shared, path, {**info, "plan_id": pid})
+        _publish_tokenizer(shared, path, {**info, "plan_id": plan_id})
     return info, cache
 
 
@@ -281,7 +281,7 @@ def _publish_tokenizer(shared: Path, path: Path, info: dict) -> None:
 
 
 def encode_shard(cfg, plan: S.Plan, units: tuple[int, int], tok: dict, cache: dict, shard_dir: Path,
-                 pool, workers: int, report: Reporter, pid: str, shard: int, shards: int) -> dict:
+                 pool, workers: int, report: Reporter, plan_id: str, shard: int, shards: int) -> dict:
     d = cfg.data
     (shard_dir / "tasks").mkdir(parents=True, exist_ok=True)
     mine = plan.units[units[0] : units[1]]
@@ -303,7 +303,7 @@ def encode_shard(cfg, plan: S.Plan, units: tuple[int, int], tok: dict, cache: di
         report.advance(result["bytes"])
     shutil.copyfile(tok["path"], shard_dir / "tokenizer.json")
     meta = {
-        "format": SHARD_FORMAT, "plan_id": pid, "shard": shard, "shards": shards, "units": list(units),
+        "format": SHARD_FORMAT, "plan_id": plan_id, "shard": shard, "shards": shards, "units": list(units),
         "tokenizer": {k: v for k, v in tok.items() if k != "path"}, "tasks": done,
     }
     atomic_write_json(shard_dir / "shard.json", meta)
@@ -315,7 +315,7 @@ def _shard_name(i: int, n: int) -> str:
     return f"shard-{i:0{w}d}-of-{n:0{w}d}"
 
 
-def find_shards(prep: Path, pid: str) -> list[tuple[Path, dict]] | None:
+def find_shards(prep: Path, plan_id: str) -> list[tuple[Path, dict]] | None:
     """The complete set of shards in RUN/.prepare, in order; None when there are none."""
     sets: dict[int, dict[int, tuple[Path, dict]]] = {}
     for f in sorted(prep.glob("shard-*-of-*/shard.json")):
@@ -323,7 +323,7 @@ def find_shards(prep: Path, pid: str) -> list[tuple[Path, dict]] | None:
         sets.setdefault(int(meta["shards"]), {})[int(meta["shard"])] = (f.parent, meta)
     if not sets:
         return None
-    matching = {n: s for n, s in sets.items() if all(m["plan_id"] == pid for _, m in s.values())}
+    matching = {n: s for n, s in sets.items() if all(m["plan_id"] == plan_id for _, m in s.values())}
     if not matching:
         raise UserError(
             f"{prep} holds shards made from another config or other input files; delete {prep} and "
@@ -376,7 +376,7 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
     if manifest_path.exists():
         return _already_prepared(cfg, run_dir, manifest_path, summary)
     plan = S.plan_sources(cfg.data, cfg.base_dir)
-    pid = plan_id(cfg, plan)
+    plan_id = compute_plan_id(cfg, plan)
     prep = run_dir / PREPARE_DIR
 
     with _serial_tokenizers(), Reporter(progress) as report, contextlib.ExitStack() as stack:
@@ -384,13 +384,13 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
         if pool is not None:
             stack.callback(pool.terminate)
         if shard is not None:
-            result = _prepare_shard(cfg, plan, pid, run_dir, shard, pool, workers, report)
+            result = _prepare_shard(cfg, plan, plan_id, run_dir, shard, pool, workers, report)
             result["seconds"] = round(time.time() - started, 2)
             if summary:
                 _print_shard_summary(result)
             return result
 
-        shard_set = find_shards(prep, pid) if prep.exists() else None
+        shard_set = find_shards(prep, plan_id) if prep.exists() else None
         fresh = not run_dir.exists()
         staging = run_dir.parent / f".{run_dir.name}.prepare-{owner_tag()}" if fresh else prep / f"build-{owner_tag()}"
         try:
@@ -406,7 +406,7 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
             else:
                 tok, cache = obtain_tokenizer(cfg, plan, pool, workers, work, report)
                 shard_dir = work / _shard_name(0, 1)
-                meta = encode_shard(cfg, plan, (0, len(plan.units)), tok, cache, shard_dir, pool, workers, report, pid, 0, 1)
+                meta = encode_shard(cfg, plan, (0, len(plan.units)), tok, cache, shard_dir, pool, workers, report, plan_id, 0, 1)
                 shard_set = [(shard_dir, meta)]
             data_dir = staging / "data"
             manifest = assemble(cfg, plan, shard_set, tok, data_dir, work / "streams", report)
@@ -480,18 +480,17 @@ def remove_dead_leftovers(run_dir: Path) -> list[Path]:
 
 
 def _save_run_config(cfg, path: Path) -> None:
-    from llm360.config import save_config
 
     save_config(cfg, path)
 
 
-def _prepare_shard(cfg, plan, pid, run_dir: Path, shard: tuple[int, int], pool, workers, report) -> dict:
+def _prepare_shard(cfg, plan, plan_id, run_dir: Path, shard: tuple[int, int], pool, workers, report) -> dict:
     i, n = shard
     prep = run_dir / PREPARE_DIR
     final = prep / _shard_name(i, n)
     if (final / "shard.json").exists():
         meta = json.loads((final / "shard.json").read_text(encoding="utf-8"))
-        if meta.get("plan_id") == pid:
+        if meta.get("plan_id") == plan_id:
             return {"status": "shard-exists", "run_dir": str(run_dir), "shard": f"{i}/{n}", "dir": str(final),
                     "documents": sum(t["docs"] for t in meta["tasks"]), "tokens": sum(t["tokens"] for t in meta["tasks"])}
     fresh = not run_dir.exists()
@@ -500,9 +499,9 @@ def _prepare_shard(cfg, plan, pid, run_dir: Path, shard: tuple[int, int], pool, 
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        tok, cache = obtain_tokenizer(cfg, plan, pool, workers, tmp / "work", report, shared=prep / "tokenizer", pid=pid)
+        tok, cache = obtain_tokenizer(cfg, plan, pool, workers, tmp / "work", report, shared=prep / "tokenizer", plan_id=plan_id)
         cache = {k: v for k, v in cache.items() if units[0] <= k < units[1]}
-        meta = encode_shard(cfg, plan, units, tok, cache, tmp, pool, workers, report, pid, i, n)
+        meta = encode_shard(cfg, plan, units, tok, cache, tmp, pool, workers, report, plan_id, i, n)
         shutil.rmtree(tmp / "work", ignore_errors=True)
         fsync_tree(tmp)
         if final.exists():

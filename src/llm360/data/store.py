@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm360.data.sources import read_by_uri
 from llm360.errors import UserError
 from llm360.rundir import ChunkInfo, HeldoutInfo, Manifest, RunDir, StageInfo, read_manifest
 from llm360.utils import sha256_file
@@ -177,7 +178,6 @@ class RunData:
         The manifest records source roots relative to the folder of the config that prepared the
         run (never a path of that machine): give that folder as `base_dir` for file sources.
         """
-        from llm360.data.sources import read_by_uri
 
         doc = self.document(doc_id)
         source = next(s for s in self.manifest.sources if s.name == doc["source"])

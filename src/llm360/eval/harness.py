@@ -42,11 +42,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 from urllib.parse import urlparse
 
 import yaml
 
+from llm360.config import EvalConfig
 from llm360.errors import UserError
 from llm360.eval.tasks import (
     HeldoutTask,
@@ -60,9 +61,6 @@ from llm360.eval.tasks import (
     sample_indices,
     split_shots,
 )
-
-if TYPE_CHECKING:
-    from llm360.config import EvalConfig
 
 LOCAL_PREFIX = "llm360_"  # local tasks are registered as llm360_NAME, apart from lm-eval's names
 INSTALL = "pip install 'llm360[lm-eval]' (the lm-eval and accelerate packages)"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from llm360.config import EvalConfig, apply_override, load_run_config, to_dict, validate
 from llm360.errors import UserError
+from llm360.data.store import RunData
 from llm360.eval.harness import Harness, get_harness
 from llm360.eval.results import EvalLog, TensorBoard
 from llm360.eval.tasks import HeldoutTask, Task, resolve_tasks
@@ -159,7 +160,6 @@ _warned: set[str] = set()
 def _heldout_sources(run_dir: Path) -> list[str]:
     if not (run_dir / "data" / "manifest.json").exists():
         return []
-    from llm360.data.store import RunData
 
     return RunData(run_dir).heldout_sources
 

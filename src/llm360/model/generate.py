@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from llm360.errors import UserError
+from llm360.model.hf import load_hf
 from llm360.rundir import CHECKSUMS_FILE, checksum_problems
 
 # special tokens lm-eval would use as the context of an empty-context request (BOS, else EOS)
@@ -245,8 +246,6 @@ def _warn_if_damaged(folder: Path) -> None:
 
 def cli_generate(args) -> int:
     """`llm360 generate CHECKPOINT --prompt TEXT`: print the prompt and its continuation."""
-    from llm360.model.hf import load_hf
-
     _warn_if_damaged(Path(args.checkpoint))
     tokenizer = load_tokenizer(args.checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"

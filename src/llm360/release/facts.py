@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from llm360.model.args import model_args, num_params
+from llm360.release.files import unsafe_path
 from llm360.rundir import (EVAL_LOG, EVENTS_LOG, MANIFEST_FILE, MEMORIZATION_DIR, STATE_FILE, TRAIN_LOG,
                            RunDir, read_checksums)
 from llm360.utils import read_jsonl
@@ -192,7 +194,6 @@ def checkpoint_table(run_dir: Path, steps_per_chunk: int, tokens_per_step: int) 
 
 def model_facts(run_dir: Path, facts: Facts) -> dict:
     """Architecture and parameter count, from a checkpoint's config.json (else from the config)."""
-    from llm360.model.args import num_params
 
     args = None
     for row in reversed(facts.checkpoints):
@@ -227,7 +228,6 @@ def model_facts(run_dir: Path, facts: Facts) -> dict:
 
 
 def _args_from_config(facts: Facts):
-    from llm360.model.args import model_args
 
     model_cfg = _section(facts.config, "model")
     overrides = {k: v for k, v in model_cfg.items() if k != "preset" and v is not None}
@@ -287,7 +287,6 @@ def _first_batch(facts: Facts, max_rows: int) -> list[dict]:
 
 
 def _inside(root: Path, rel: str) -> Path | None:
-    from llm360.release.files import unsafe_path
 
     if unsafe_path(rel) is not None:
         return None

@@ -27,6 +27,7 @@ from llm360.errors import UserError
 from llm360.release import cards, report
 from llm360.release.facts import Facts, gather
 from llm360.release.files import hash_files, link_leaves, scan_tree
+from llm360.release.verify import consistency
 from llm360.rundir import DATA_CARD, MODEL_CARD, RELEASE_FILE, RELEASE_FORMAT
 from llm360.rundir import REPORT_FILE as REPORT
 from llm360.utils import atomic_write_json, atomic_write_text, sha256_file
@@ -151,7 +152,6 @@ def make_release(run_dir: str | Path, progress: bool = False) -> dict:
     files = [{"path": rel, "bytes": listed[rel].st_size, "sha256": hashes[rel]} for rel in sorted(listed)]
     record = release_record(facts, created, files, config_sha256)
 
-    from llm360.release.verify import consistency
 
     found = consistency(run_dir, record, scan, hashes)
     if found:

@@ -16,11 +16,11 @@ the old state or the new one, never half of one.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from llm360.model.hf import load_state_dict as load_hf_state_dict
 from llm360.model.hf import save_hf
-from llm360.rundir import OPTIMIZER_FILE, RNG_FILE, STATE_DIR, STATE_FILE, RunDir, write_checksums
+from llm360.rundir import (OPTIMIZER_FILE, RNG_FILE, STATE_DIR, STATE_FILE, RunDir, TrainerState, read_trainer_state,
+                           write_checksums)
 from llm360.errors import naming_a_full_disk
 from llm360.utils import atomic_write_json, fsync_tree, replace_dir
 
@@ -45,7 +46,7 @@ def _is_rank0() -> bool:
 
 
 def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict, model_args, tokenizer_dir: Path, kill_during_write: bool = False,
+                    state: TrainerState, model_args, tokenizer_dir: Path, kill_during_write: bool = False,
                     collective: bool = True) -> Path:
     """Gather the full model and optimizer state (all ranks call this) and write it on rank 0.
     `collective=False`: only this process calls it, with an unsharded model."""
@@ -76,7 +77,7 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer:
     return final
 
 
-def _save_trainer_state(folder: Path, optim: dict | None, state: dict) -> None:
+def _save_trainer_state(folder: Path, optim: dict | None, state: TrainerState) -> None:
     """trainer_state/ inside checkpoint `folder`."""
     (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
     tensors, groups = {}, []
@@ -91,13 +92,14 @@ def _save_trainer_state(folder: Path, optim: dict | None, state: dict) -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, folder / RNG_FILE)
-    atomic_write_json(folder / STATE_FILE, {**state, "param_groups": groups, "saved_at": time.time()})
+    state = replace(state, param_groups=groups, saved_at=time.time())
+    atomic_write_json(folder / STATE_FILE, state.to_json())
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainerState:
     """Load weights (and optimizer state, when present) into a possibly sharded model; all
     ranks call this. Returns the saved progress (state.json)."""
-    state = json.loads((path / STATE_FILE).read_text())
+    state = read_trainer_state(path)
     # sharded (FSDP2) over several ranks: only rank 0 reads the files and the others receive
     # their shards, instead of every rank holding the whole model and optimizer in host memory
     sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
@@ -107,13 +109,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=True,
                                                                   broadcast_from_rank0=from_rank0))
     del weights
-    if optimizer is not None and state.get("param_groups"):
+    if optimizer is not None and state.param_groups:
         per_param: dict[str, dict] = {}
         if reads:
             for key, value in load_file(path / OPTIMIZER_FILE).items():
                 fqn, _, name = key.rpartition("::")
                 per_param.setdefault(fqn, {})[name] = value
-        groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in state["param_groups"]]
+        groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in state.param_groups]
         set_optimizer_state_dict(model, optimizer, {"state": per_param, "param_groups": groups},
                                  options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0))
     rng = load_file(path / RNG_FILE)

@@ -27,7 +27,7 @@ from llm360.config import (ModelConfig, RunConfig, TrainConfig, apply_override, 
 from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args
-from llm360.rundir import (Checkpoint, CheckpointName, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
+from llm360.rundir import (Checkpoint, CheckpointName, TrainerState, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
                            step_checkpoint_name)
 from llm360.train import checkpoint as ckpt
 from llm360.train.parallel import (
@@ -410,11 +410,11 @@ class Trainer:
             param_groups(self.model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
             fused=True)
 
-    def _state(self) -> dict:
-        return {"steps_done": self.position.steps_done, "tokens": self.position.tokens,
-                "skipped_steps": sorted(self.position.skipped_steps), "rollbacks": self.position.rollbacks,
-                "spike": self.guard.state_dict(), "fingerprint": self.data.fingerprint,
-                "world_size": self.dist.world, "seed": self.seed, "settings": self.cfg.model_dump(mode="json")}
+    def _state(self) -> TrainerState:
+        p = self.position
+        return TrainerState(steps_done=p.steps_done, tokens=p.tokens, skipped_steps=sorted(p.skipped_steps),
+                            rollbacks=p.rollbacks, spike=self.guard.state_dict(), fingerprint=self.data.fingerprint,
+                            world_size=self.dist.world, seed=self.seed, settings=self.cfg.model_dump(mode="json"))
 
     def _write_init(self) -> None:
         """`checkpoints/init`: the seeded initial weights, written once from an unsharded model."""
@@ -433,17 +433,16 @@ class Trainer:
         if info.name == "init":  # no optimizer state yet: start from fresh moments (matters on a rollback)
             self.optimizer = self._new_optimizer()
         state = ckpt.load_checkpoint(info.path, self.model, self.optimizer if info.name != "init" else None)
-        if state.get("fingerprint") not in (None, self.data.fingerprint):
-            raise UserError(f"checkpoint {info.name} was trained on data with fingerprint {state['fingerprint'][:12]}, "
+        if state.fingerprint not in (None, self.data.fingerprint):
+            raise UserError(f"checkpoint {info.name} was trained on data with fingerprint {state.fingerprint[:12]}, "
                             f"but RUN/data has {self.data.fingerprint[:12]}: the data was changed")
         # the optimizer settings of run.yaml, not those saved with the moments (`llm360 train RUN
         # --train.weight_decay=...` may change them; lr is set at every step)
         for group, weight_decay in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0)):
             group.update(betas=tuple(self.cfg.betas), eps=self.cfg.eps, weight_decay=weight_decay)
-        self.position = Position(steps_done=info.steps_done, tokens=state.get("tokens", 0),
-                                 skipped_steps=list(state.get("skipped_steps", [])),
-                                 rollbacks=state.get("rollbacks", 0))
-        self.guard.load_state_dict(state.get("spike", {}))
+        self.position = Position(steps_done=info.steps_done, tokens=state.tokens,
+                                 skipped_steps=list(state.skipped_steps), rollbacks=state.rollbacks)
+        self.guard.load_state_dict(state.spike)
 
     def _newest_valid(self, before_step: int | None = None) -> Checkpoint | None:
         for info in reversed(self.data.run.checkpoints(self.data.steps_per_chunk)):
