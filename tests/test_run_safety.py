@@ -217,3 +217,24 @@ def test_golden_losses_of_the_tiny_preset(tiny_run):
     golden = json.loads(GOLDEN.read_text())["losses"]
     assert len(losses) == len(golden) == 9
     assert losses == pytest.approx(golden, rel=2e-4, abs=1e-5)
+
+
+def test_appends_cut_a_torn_last_line_first(tmp_path):
+    from llm360.utils import append_jsonl, repair_torn_tail
+
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"a": 1}\n{"b": 2, "c')  # a crash mid-append
+    append_jsonl(path, {"d": 3})
+    assert path.read_text() == '{"a": 1}\n{"d": 3}\n'
+    assert not repair_torn_tail(path) and not repair_torn_tail(tmp_path / "missing.jsonl")
+    path.write_text('{"only": "torn')
+    assert repair_torn_tail(path) and path.read_text() == ""
+
+
+def test_an_override_on_a_finished_run_changes_no_record(tiny_run, capsys):
+    assert main(["train", str(tiny_run)]) == 0
+    before = (tiny_run / "run.yaml").read_bytes()
+    capsys.readouterr()
+    assert main(["train", str(tiny_run), "--train.lr=2e-3"]) == 0
+    assert "were not used" in capsys.readouterr().err
+    assert (tiny_run / "run.yaml").read_bytes() == before and not events(tiny_run, "config_change")

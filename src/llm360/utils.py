@@ -101,9 +101,11 @@ def json_line(record: dict) -> str:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line and flush it to disk, so a crash loses at most the line in flight."""
+    """Append one JSON line and flush it to disk, so a crash loses at most the line in flight
+    (and a line a crash left torn is cut first, or it would swallow this one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(path)
     with naming_a_full_disk(path), open(path, "a", encoding="utf-8") as f:
         f.write(json_line(record))
         f.flush()

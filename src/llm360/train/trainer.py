@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -27,7 +28,7 @@ from llm360.config import (ModelConfig, RunConfig, TrainConfig, apply_override, 
 from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args
-from llm360.rundir import (Checkpoint, CheckpointName, TrainerState, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
+from llm360.rundir import (Checkpoint, CheckpointName, RunDir, TrainerState, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
                            step_checkpoint_name)
 from llm360.train import checkpoint as ckpt
 from llm360.train.parallel import (
@@ -183,14 +184,18 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def fit(self, changes: dict | None = None) -> dict:
+    def fit(self, changes: dict | None = None, accept: Callable[[], None] | None = None) -> dict:
         """Train from the newest valid checkpoint to the end. `changes`: settings that differ
-        from the run's record ({key: [old, new]}), recorded as an event where they take effect."""
+        from the run's record ({key: [old, new]}); when training goes on with them, `accept()`
+        makes them the record and they are an event at the step where they take effect."""
         total = self.data.total_steps
         start = self._start()
         if self.position.steps_done >= total:
-            self.output.say(f"training already finished: {total} steps, newest checkpoint {start.name}")
+            unused = f"; the settings given now ({', '.join(changes)}) were not used" if changes else ""
+            self.output.say(f"training already finished: {total} steps, newest checkpoint {start.name}{unused}")
             return {"finished": True, "steps": total, "resumed_from": start.name, "did_nothing": True}
+        if changes and accept is not None:
+            accept()
         kind = "start" if start.name == "init" else "resume"
         self.records.event(kind, self.position.steps_done, checkpoint=start.name, world_size=self.dist.world,
                            strategy=self.strategy, precision=self.precision, fingerprint=self.data.fingerprint)
@@ -543,10 +548,13 @@ def run_training(run_dir: Path, cfg: RunConfig, on_checkpoint: CheckpointHook | 
     recorded = load_run_config(run_dir)
     changes = _changes(run_dir, recorded, cfg)
     trainer = Trainer(run_dir, cfg.train, cfg.model, cfg.seed, hooks=[on_checkpoint] if on_checkpoint else [])
-    if changes and trainer.dist.is_main:
-        save_config(cfg, Path(run_dir) / "run.yaml")
+
+    def accept() -> None:
+        if trainer.dist.is_main:
+            save_config(cfg, RunDir(run_dir).config_path)
+
     try:
-        return trainer.fit(changes=changes)
+        return trainer.fit(changes=changes, accept=accept)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
