@@ -195,6 +195,20 @@ class FaultInjectionConfig(Section):
     exit_after_steps: list[int] = []  # exit right after the checkpoint written at these step counts
 
 
+class StageSchedule(Section):
+    """A stage's own learning-rate phase (train.stage_schedules.STAGE), as LLM360's Crystal had."""
+
+    lr: float = Field(gt=0)  # the peak, reached at the end of the warmup
+    end_lr: float = Field(ge=0)  # where the decay leads
+    warmup_steps: int = Field(0, ge=0)
+    decay_steps: int | None = Field(None, ge=1)  # the decay's horizon; default: the rest of the stage
+    warmup_from: float = Field(0.0, ge=0)
+    decay: Literal["cosine", "linear"] | None = None  # default: train.decay
+
+
+PARAM_ROLES = ("embedding", "hidden", "output", "norm", "bias")
+
+
 class TrainConfig(Section):
     global_batch_rows: int = Field(16, ge=1)
     micro_batch_rows: int = Field(16, ge=1)
@@ -202,6 +216,13 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(20, ge=0)
+    decay: Literal["cosine", "linear"] = "cosine"
+    # true: the first step of a warmup trains at its start value (Amber's first update had lr 0)
+    warmup_from_zero: bool = False
+    stage_schedules: dict[str, StageSchedule] = {}  # by stage name: a phase of its own (schedule.py)
+    # learning-rate multipliers by parameter role (embedding, hidden, output, norm, bias); µP
+    # trains hidden weight matrices at a fraction of the base rate (Crystal: hidden 0.0625)
+    lr_scale: dict[str, float] = {}
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.1, ge=0)
@@ -231,6 +252,12 @@ class TrainConfig(Section):
             )
         if self.min_lr > self.lr:
             raise ValueError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        unknown = sorted(set(self.lr_scale) - set(PARAM_ROLES))
+        if unknown:
+            raise ValueError(f"train.lr_scale: unknown parameter role(s) {', '.join(unknown)}; roles: "
+                             f"{', '.join(PARAM_ROLES)}")
+        if any(v <= 0 for v in self.lr_scale.values()):
+            raise ValueError("train.lr_scale: every multiplier must be > 0")
         return self
 
 
@@ -287,6 +314,15 @@ class RunConfig(Section):
                 f"data.seq_len ({self.data.seq_len}) is beyond the model's context "
                 f"model.max_seq_len ({args.max_seq_len}{where})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _stage_schedules_name_stages(self) -> "RunConfig":
+        stages = [s.name for s in self.data.stages] or ["all"]  # no stages: one stage, `all`
+        unknown = sorted(set(self.train.stage_schedules) - set(stages))
+        if unknown:
+            raise ValueError(f"train.stage_schedules names no stage {', '.join(map(repr, unknown))}; "
+                             f"stages: {', '.join(stages)}")
         return self
 
 

@@ -509,9 +509,10 @@ class Manifest:
     def stage_of_chunk(self, chunk: int) -> StageInfo | None:
         return next((s for s in self.stages if s.holds(chunk)), None)
 
-    def stage_starts(self) -> list[tuple[int, int]]:
-        """(first step, re-warm steps) of each stage, for the learning-rate schedule."""
-        return [(s.first_chunk * self.steps_per_chunk, s.rewarm_steps) for s in self.stages]
+    def stage_steps(self) -> list[tuple[str, int, int, int]]:
+        """(name, first step, steps, re-warm steps) of each stage, for the learning-rate schedule."""
+        spc = self.steps_per_chunk
+        return [(s.name, s.first_chunk * spc, s.chunks * spc, s.rewarm_steps) for s in self.stages]
 
 
 def compute_fingerprint(manifest: dict | Manifest) -> str:
@@ -602,7 +603,8 @@ def read_trainer_state(checkpoint: Checkpoint | Path) -> TrainerState:
 # changed any of them would train on other rows than the chunks hold.
 FROZEN_BY_PREPARE = ("name", "seed", "data", "train.global_batch_rows", "train.steps_per_chunk")
 # Once `init` is written, the architecture is that of the weights.
-FROZEN_BY_INIT = ("model",)
+# which parameter is in which optimizer group (the moments are saved by group)
+FROZEN_BY_INIT = ("model", "train.no_decay", "train.lr_scale")
 
 
 def frozen_changes(changed_keys: Iterable[str], has_checkpoints: bool) -> list[str]:

@@ -41,7 +41,7 @@ from llm360.train.parallel import (
     unwrap,
 )
 from llm360.train.records import Records, environment, peak_flops, write_env
-from llm360.train.schedule import lr_at
+from llm360.train.schedule import build_schedule
 from llm360.train.optim import AdamWLowPrecision
 from llm360.train.prefetch import Prefetcher
 from llm360.train.policies import (CheckpointHook, CheckpointHooks, FaultInjection, Output, SpikeResponse,
@@ -85,13 +85,50 @@ def rounding_seed(seed: int, step: int, shard: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Weight decay on all parameters except those whose name contains a `no_decay` pattern."""
-    decay, no_decay = [], []
+def param_roles(model: torch.nn.Module) -> dict[str, str]:
+    """Each parameter's role for the optimizer, from the modules that hold it: `embedding`, `output`
+    (the head, when not tied), `bias`, `norm` (vectors that scale) or `hidden` (a weight matrix)."""
+    vocab = {m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    roles = {}
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if isinstance(module, torch.nn.Embedding):
+                role = "embedding"
+            elif name == "bias":
+                role = "bias"
+            elif p.ndim < 2:
+                role = "norm"
+            elif isinstance(module, torch.nn.Linear) and module.out_features in vocab and "." not in module_name:
+                role = "output"
+            else:
+                role = "hidden"
+            roles.setdefault(full, role)  # a tied head is the embedding's parameter, named once
+    return roles
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    decay: bool
+    lr_scale: float
+
+
+def group_specs(model: torch.nn.Module, cfg: TrainConfig) -> list[tuple[GroupSpec, list]]:
+    """The optimizer's parameter groups: weight decay on every parameter but those whose name
+    contains a `no_decay` pattern, and the learning rate scaled by role (`lr_scale`, µP). Without
+    scales these are the two groups (decay, no decay) that checkpoints have always held."""
+    roles = param_roles(model)
+    groups: dict[GroupSpec, list] = {GroupSpec(True, 1.0): [], GroupSpec(False, 1.0): []}
     for name, p in model.named_parameters():
-        (no_decay if any(pat in name for pat in cfg.no_decay) else decay).append(p)
-    return [{"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        role = roles[name]
+        spec = GroupSpec(not any(pat in name for pat in cfg.no_decay), float(cfg.lr_scale.get(role, 1.0)))
+        groups.setdefault(spec, []).append(p)
+    return list(groups.items())
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    return [{"params": params, "weight_decay": cfg.weight_decay if spec.decay else 0.0, "lr_scale": spec.lr_scale}
+            for spec, params in group_specs(model, cfg)]
 
 
 @dataclass
@@ -172,7 +209,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.args, self.data.seq_len)
         self.peak = peak_flops(self.dist.device)
         self.verified_chunks: set[int] = set()
-        self.rewarms = self.data.manifest.stage_starts()
+        self.schedule = build_schedule(train, self.data.manifest.stage_steps(), self.data.total_steps)
         if train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # strict on CUDA: only then does flash attention's backward take its deterministic
@@ -276,8 +313,8 @@ class Trainer:
         cfg, data, world = self.cfg, self.data, self.dist.world
         flight = InFlight.begin(self.dist.device)
         lr = self._lr(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, scale in zip(self.optimizer.param_groups, self.lr_scales):
+            group["lr"] = lr * scale
         rows = self.batches.get(step).to(self.dist.device, non_blocking=True)
         n_targets = data.global_batch_rows * data.seq_len
         micro = cfg.micro_batch_rows
@@ -406,6 +443,8 @@ class Trainer:
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
+        self.group_specs = [spec for spec, _ in group_specs(self.model, self.cfg)]
+        self.lr_scales = [spec.lr_scale for spec in self.group_specs]
         if self.precision == "bf16-weights":
             return AdamWLowPrecision(param_groups(self.model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas),
                                      eps=self.cfg.eps, compile=self.cfg.compile)
@@ -443,8 +482,9 @@ class Trainer:
                             f"but RUN/data has {self.data.fingerprint[:12]}: the data was changed")
         # the optimizer settings of run.yaml, not those saved with the moments (`llm360 train RUN
         # --train.weight_decay=...` may change them; lr is set at every step)
-        for group, weight_decay in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0)):
-            group.update(betas=tuple(self.cfg.betas), eps=self.cfg.eps, weight_decay=weight_decay)
+        for group, spec in zip(self.optimizer.param_groups, self.group_specs):
+            group.update(betas=tuple(self.cfg.betas), eps=self.cfg.eps,
+                         weight_decay=self.cfg.weight_decay if spec.decay else 0.0)
         self.position = Position(steps_done=info.steps_done, tokens=state.tokens,
                                  skipped_steps=list(state.skipped_steps), rollbacks=state.rollbacks)
         self.guard.load_state_dict(state.spike)
@@ -487,8 +527,7 @@ class Trainer:
         return {"step": step, "chunk": chunk, "rows": [first, first + self.data.global_batch_rows]}
 
     def _lr(self, step: int) -> float:
-        return lr_at(step, lr=self.cfg.lr, min_lr=self.cfg.min_lr, warmup_steps=self.cfg.warmup_steps,
-                     total_steps=self.data.total_steps, rewarms=self.rewarms)
+        return self.schedule.at(step)
 
     def _skipped_record(self, step: int) -> dict:
         self.last_end = None
