@@ -220,6 +220,9 @@ def _load_release(run_dir: Path, scan: Scan, findings: list[Finding]) -> tuple[d
     if record.get("format") != RELEASE_FORMAT:
         findings.append(Finding(RELEASE_FILE, "invalid", f"format is {brief(record.get('format'))}, expected "
                                                          f"{RELEASE_FORMAT!r}"))
+    for key in ("data", "model", "totals", "software", "training_environment", "documents"):
+        if key in record and not isinstance(record[key], dict):
+            findings.append(Finding(RELEASE_FILE, "invalid", f"`{key}` is not an object"))
     if not isinstance(record.get("files"), list):
         findings.append(Finding(RELEASE_FILE, "invalid", "has no `files` list"))
         return None, root
@@ -248,10 +251,12 @@ def _check_listing(record: dict, scan: Scan, findings: list[Finding]) -> dict[st
     listed: dict[str, dict] = {}
     for i, entry in enumerate(record["files"]):
         path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not path:
+            findings.append(Finding(RELEASE_FILE, "invalid", f"files[{i}] is not an object with a path"))
+            continue
         why = unsafe_path(path)
         if why is not None:
-            name = path if isinstance(path, str) and path else f"{RELEASE_FILE} files[{i}]"
-            findings.append(Finding(name, "unsafe", f"listed in release.json but {why}; not opened"))
+            findings.append(Finding(path, "unsafe", f"listed in release.json but {why}; not opened"))
             continue
         if path == RELEASE_FILE:
             findings.append(Finding(path, "invalid", "release.json lists itself"))
@@ -260,6 +265,10 @@ def _check_listing(record: dict, scan: Scan, findings: list[Finding]) -> dict[st
             findings.append(Finding(path, "invalid", "listed twice in release.json"))
             continue
         listed[path] = entry
+        size = entry.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or not is_root(entry.get("sha256")):
+            findings.append(Finding(RELEASE_FILE, "invalid", f"files[{i}] ({shown(path)}) needs a whole number "
+                                                             "`bytes` and a hex `sha256`"))
         link = through_link(scan, path)
         if link is not None:
             findings.append(Finding(path, "unsafe", f"reached through the symbolic link {shown(link)}; not followed"))
