@@ -22,7 +22,7 @@ STATE = "checkpoints/ckpt_001/trainer_state/state.json"
 HOSTILE = {
     "release.json": [DEEP, b"\xff\xfe{}", '{"format": "llm360-release/1", "files": [["run.yaml", 1]], "checkpoints": [1, 2]}',
                      '{"format": ' + DEEP + ', "files": []}', "null"],
-    "data/manifest.json": [DEEP, b"\xff\xfe{}", '{"chunks": 5, "stages": ["a"], "heldout": 3, "tokenizer": [1]}',
+    "data/manifest.json": [DEEP, b"\xff\xfe{}", '{"chunks": 5, "stages": ["a"], "heldout": 3, "tokenizer": [1], "fingerprint": [2]}',
                            '{"chunks": [{"file": 5, "sha256": [1], "index": "x"}], "steps_per_chunk": "3"}', "[]"],
     STATE: [DEEP, b"\xff\xfe{}", '{"tokens": {"a": 1}, "fingerprint": [1], "skipped_steps": 4}', "7"],
 }
@@ -60,6 +60,9 @@ def test_hostile_json_is_a_finding_never_a_crash(run, rel, capsys):
         path.write_bytes(shape if isinstance(shape, bytes) else shape.encode())
         _assert_named_without_a_crash(run, rel, capsys)
         gather(run)  # the report's reader keeps what it can
+        # a damaged release.json is replaced; anything else is refused in one sentence
+        assert main(["release", str(run)]) == (0 if rel == "release.json" else 2)
+        assert "Traceback" not in capsys.readouterr().err
 
 
 def test_wrong_types_inside_release_json_are_findings(run, capsys):

@@ -57,7 +57,8 @@ class Facts:
 
     @property
     def fingerprint(self) -> str | None:
-        return self.manifest.get("fingerprint")
+        value = self.manifest.get("fingerprint")
+        return value if isinstance(value, str) else None  # the cards slice and show it
 
     @property
     def total_steps(self) -> int:

@@ -15,7 +15,6 @@ has not been written to (nor had its metadata changed: ctime) since that release
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -27,7 +26,7 @@ from llm360 import __version__
 from llm360.errors import UserError
 from llm360.release import cards, report
 from llm360.release.facts import Facts, gather
-from llm360.release.files import hash_files, link_leaves, scan_tree
+from llm360.release.files import hash_files, link_leaves, parse_json, scan_tree
 from llm360.release.root import SIGNATURE_FILE, normal_form, with_root
 from llm360.rundir import DATA_CARD, MODEL_CARD, RELEASE_FILE, RELEASE_FORMAT
 from llm360.rundir import REPORT_FILE as REPORT
@@ -63,7 +62,7 @@ def previous_hashes(run_dir: Path, scan) -> dict[str, str]:
     if RELEASE_FILE not in scan.files:
         return {}
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = parse_json(path.read_bytes())  # a stranger's: damage of any kind means no cache
         began = _parse_utc(old.get("created"))
         entries = old.get("files") or []
     except (OSError, ValueError, AttributeError):
