@@ -14,8 +14,9 @@ from llm360.errors import UserError
 from llm360.release import files as release_files
 from llm360.release import release as release_mod
 from llm360.release.release import make_release
+from llm360.release.root import normal_form
 from llm360.release.verify import verify
-from llm360.utils import sha256_file
+from llm360.utils import sha256_bytes, sha256_file
 
 
 @pytest.fixture
@@ -37,10 +38,15 @@ def test_release_json_lists_every_file_and_the_facts(run):
     assert [f["path"] for f in record["files"]] == [p for p in on_disk if p != "release.json"]
     for entry in record["files"]:
         assert entry["bytes"] == (run / entry["path"]).stat().st_size
-    for rel in ("data/chunks/chunk_000.npy", "checkpoints/ckpt_002/model.safetensors", "MODEL_CARD.md",
-                "DATA_CARD.md", "report/index.html"):
+    for rel in ("data/chunks/chunk_000.npy", "checkpoints/ckpt_002/model.safetensors", "DATA_CARD.md"):
         entry = next(f for f in record["files"] if f["path"] == rel)
         assert entry["sha256"] == sha256_file(run / rel)
+    root = sha256_file(run / "release.json")
+    for rel in ("MODEL_CARD.md", "report/index.html"):  # listed in their normal form; they show the root
+        entry = next(f for f in record["files"] if f["path"] == rel)
+        data = (run / rel).read_bytes()
+        assert f"llm360-root:{root}".encode() in data and b"llm360-root:" + b"0" * 64 not in data
+        assert entry["sha256"] == sha256_bytes(data.replace(root.encode(), b"0" * 64))
 
     table = [{k: c[k] for k in ("name", "step", "tokens", "chunks_seen")} for c in record["checkpoints"]]
     assert table == [{"name": "init", "step": 0, "tokens": 0, "chunks_seen": 0},
@@ -51,7 +57,8 @@ def test_release_json_lists_every_file_and_the_facts(run):
 
 def test_release_again_is_idempotent_and_reuses_hashes(run, monkeypatch):
     monkeypatch.setattr(release_mod, "CACHE_MARGIN_NS", 0)
-    before = {rel: (run / rel).read_bytes() for rel in ("MODEL_CARD.md", "DATA_CARD.md", "report/index.html")}
+    documents = ("MODEL_CARD.md", "DATA_CARD.md", "report/index.html")
+    before = {rel: normal_form((run / rel).read_bytes()) for rel in documents}
     old = json.loads((run / "release.json").read_text())
     assert main(["release", str(run)]) == 0  # the copy's files are newer than the template's release: hashed again
 
@@ -60,7 +67,8 @@ def test_release_again_is_idempotent_and_reuses_hashes(run, monkeypatch):
     monkeypatch.setattr(release_files, "sha256_regular", lambda p, progress=None: hashed.append(Path(p)) or real(p, progress))
     make_release(run)
     new = json.loads((run / "release.json").read_text())
-    assert {rel: (run / rel).read_bytes() for rel in before} == before
+    assert {rel: normal_form((run / rel).read_bytes()) for rel in before} == before  # all but the root
+    assert f"llm360-root:{sha256_file(run / 'release.json')}" in (run / "MODEL_CARD.md").read_text()
     assert {k: v for k, v in new.items() if k != "created"} == {k: v for k, v in old.items() if k != "created"}
     assert hashed == []  # nothing changed since the previous release began
     assert verify(run) == []
@@ -69,7 +77,8 @@ def test_release_again_is_idempotent_and_reuses_hashes(run, monkeypatch):
     path = run / "metrics" / "train.jsonl"
     stat = path.stat()
     data = bytearray(path.read_bytes())
-    data[10] ^= 1
+    i = data.index(b'"loss": ') + len(b'"loss": ') + 2
+    data[i] ^= 1  # a digit of a loss: another number, still a JSON record
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     hashed.clear()  # verify hashed everything (it never trusts a cache)

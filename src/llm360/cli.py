@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("verify", "llm360.release.verify:cli_verify", "check every file of a release against release.json")
     sp.add_argument("run")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--expect", metavar="ROOT", help="the release root published with the release (`llm360 "
+                    "release` prints it): release.json must hash to it, which pins every file")
     sp = cmd("replay", "llm360.train.replay:cli_replay", "retrain a checkpoint from its predecessor and compare")
     sp.add_argument("run")
     sp.add_argument("--checkpoint", required=True, help="checkpoint number or name, e.g. 3 or ckpt_003")

@@ -53,6 +53,7 @@ TRAIN_LOG = "metrics/train.jsonl"
 EVENTS_LOG = "metrics/events.jsonl"
 EVAL_LOG = "metrics/eval.jsonl"
 TENSORBOARD_DIR = "metrics/tb"
+ANALYSIS_DIR = "analysis"
 MEMORIZATION_DIR = "analysis/memorization"
 SEARCH_DIR = "analysis/search"
 

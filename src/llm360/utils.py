@@ -24,6 +24,10 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def fsync_dir(path: str | Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -124,10 +128,7 @@ def repair_torn_tail(path: str | Path) -> bool:
             f.seek(size - 1)
             if f.read(1) == b"\n":
                 return False
-            f.seek(max(size - (1 << 20), 0))
-            block = f.read()
-            keep = size - len(block) + block.rfind(b"\n") + 1 if b"\n" in block else 0
-            f.truncate(keep)
+            f.truncate(_end_of_last_line(f, size))
             f.flush()
             os.fsync(f.fileno())
             return True
@@ -135,23 +136,45 @@ def repair_torn_tail(path: str | Path) -> bool:
         return False
 
 
+def _end_of_last_line(f, size: int) -> int:
+    """The offset just past the last newline before `size` (0 when there is none), read backwards
+    a block at a time: the torn line may be longer than a block."""
+    end = size
+    while end > 0:
+        start = max(end - HASH_READ_BYTES, 0)
+        f.seek(start)
+        block = f.read(end - start)
+        if b"\n" in block:
+            return start + block.rfind(b"\n") + 1
+        end = start
+    return 0
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file, ignoring a torn last line left by a crash."""
+    """The records of a JSONL file; a line that is not a JSON object (torn by a crash, damaged) is
+    skipped, never raised: read_jsonl_report says which."""
+    return read_jsonl_report(path)[0]
+
+
+def read_jsonl_report(path: str | Path) -> tuple[list[dict], list[int]]:
+    """(records, numbers of the lines that are not a JSON object), lines counted from 1. A torn
+    line in the middle (a crash or a full disk mid-append, then a resume) costs only itself."""
     path = Path(path)
     if not path.exists():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
+        return [], []
+    records, bad = [], []
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # torn tail
-            raise
-    return records
+            record = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; so is a cut line
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.append(number)
+    return records, bad
 
 
 def fsync_tree(root: str | Path) -> None:

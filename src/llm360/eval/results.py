@@ -8,16 +8,18 @@ One line per (checkpoint, task, metric):
 step and tokens are the checkpoint's optimizer steps done and trained tokens (its
 trainer_state/state.json). The lines of one (checkpoint, task) are written with one write, so a
 crash leaves all of them or (after the torn-line repair below) none; a pair on record is not
-evaluated again unless forced, and then its old lines are replaced, never duplicated.
+evaluated again unless forced, and then its old lines are replaced, never duplicated. A damaged
+line is skipped with a warning naming it; the other lines still count.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 from pathlib import Path
 
-from llm360.utils import atomic_write_text, read_jsonl
+from llm360.rundir import EVAL_LOG
+from llm360.utils import atomic_write_text, json_line, read_jsonl_report, repair_torn_tail
 
 KEYS = ("checkpoint", "step", "tokens", "task", "metric", "value", "stderr", "n")
 
@@ -25,14 +27,21 @@ KEYS = ("checkpoint", "step", "tokens", "task", "metric", "value", "stderr", "n"
 class EvalLog:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics" / "eval.jsonl"
+        self.path = self.run_dir / EVAL_LOG
+        self._warned: set[int] = set()  # damaged lines already named on stderr
 
     def read(self) -> list[dict]:
-        return read_jsonl(self.path)
+        records, bad = read_jsonl_report(self.path)
+        for number in bad:
+            if number not in self._warned:
+                self._warned.add(number)
+                print(f"warning: {self.path}:{number} is not a JSON record (a torn or damaged line); skipped",
+                      file=sys.stderr)
+        return records
 
     def done(self, checkpoint: str, task: str, metrics: tuple[str, ...] = ()) -> bool:
         """Whether (checkpoint, task) is on record, with all of `metrics` when given."""
-        found = {r["metric"] for r in self.read() if r.get("checkpoint") == checkpoint and r.get("task") == task}
+        found = {r.get("metric") for r in self.read() if r.get("checkpoint") == checkpoint and r.get("task") == task}
         return bool(found) and set(metrics) <= found
 
     def records(self, checkpoint: str, task: str | None = None) -> list[dict]:
@@ -43,30 +52,17 @@ class EvalLog:
         if not records:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps({k: r[k] for k in KEYS}) + "\n" for r in records)
+        text = "".join(json_line({k: r[k] for k in KEYS}) for r in records)  # strict JSON: NaN as null
         pairs = {(r["checkpoint"], r["task"]) for r in records}
         if replace and self.path.exists():
             kept = [r for r in self.read() if (r.get("checkpoint"), r.get("task")) not in pairs]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept) + text)
+            atomic_write_text(self.path, "".join(json_line(r) for r in kept) + text)
             return
-        self._repair_tail()
+        repair_torn_tail(self.path)  # a line cut by a crash would swallow the first new one
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-
-    def _repair_tail(self) -> None:
-        """Cut a torn last line (a crash in the middle of a write) before appending."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) == b"\n":
-                return
-            data = self.path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        with open(self.path, "r+b") as f:
-            f.truncate(cut)
 
 
 class TensorBoard:

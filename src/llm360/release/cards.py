@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from llm360.release.facts import Facts
+from llm360.release.root import placeholder_mark
 from llm360.release.text import human, md, md_code, md_table, num, thousands
 
 EVENT_KINDS_SHOWN = ("nonfinite", "spike", "skip_batch", "rollback", "resume", "corrupt_checkpoint")
@@ -80,7 +81,10 @@ def model_card(facts: Facts, config_sha256: str | None) -> str:
              + (f", {facts.checkpoints[-1]['name']}" if len(facts.checkpoints) > 3 else "") + ")"],
             ["Final training loss", num(facts.final_loss)],
             ["Config (run.yaml) sha256", md_code(config_sha256 or "-")],
+            ["Release root (sha256 of release.json)", md_code(placeholder_mark())],
         ]),
+        "",
+        "Whoever holds the release root can check every byte of the release: `llm360 verify RUN --expect ROOT`.",
         "",
         "## Architecture",
         "",

@@ -2,13 +2,15 @@
 
 Everything here is read as data (JSON, YAML, safetensors headers, numpy arrays without pickles);
 a missing or malformed piece is left empty rather than failing, because a report on a half
-finished run is still worth having. Evaluation and memorization records are optional.
+finished run is still worth having: a value of the wrong type is dropped, a damaged JSONL line is
+skipped with a warning on stderr naming it (the other lines are kept). Evaluation and memorization
+records are optional.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from llm360.model.args import model_args, num_params
 from llm360.release.files import unsafe_path
 from llm360.rundir import (EVAL_LOG, EVENTS_LOG, MANIFEST_FILE, MEMORIZATION_DIR, STATE_FILE, TRAIN_LOG,
                            RunDir, read_checksums)
-from llm360.utils import read_jsonl
+from llm360.release.files import parse_json, shallow
+from llm360.utils import read_jsonl_report
 
 FIRST_BATCH_ROWS = 4  # rows of step 0 shown decoded in the report
 
@@ -56,7 +59,8 @@ class Facts:
 
     @property
     def fingerprint(self) -> str | None:
-        return self.manifest.get("fingerprint")
+        value = self.manifest.get("fingerprint")
+        return value if isinstance(value, str) else None  # the cards slice and show it
 
     @property
     def total_steps(self) -> int:
@@ -107,17 +111,28 @@ def _finite(x) -> bool:
 
 def _read_json(path: Path) -> dict:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = parse_json(path.read_bytes())
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
 
 
 def _read_records(path: Path) -> list[dict]:
+    """The records of a JSONL file, each damaged line named on stderr and skipped."""
     try:
-        return [r for r in read_jsonl(path) if isinstance(r, dict)]
-    except (OSError, ValueError):
+        records, bad = read_jsonl_report(path)
+    except OSError:
         return []
+    for number in bad:
+        _warn(f"{path}:{number} is not a JSON record (a torn or damaged line); skipped")
+    kept = [r for r in records if shallow(r)]
+    if len(kept) < len(records):
+        _warn(f"{path}: {len(records) - len(kept)} record(s) nested too deeply to be data; skipped")
+    return kept
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def _latest(records: list[dict], key: tuple[str, ...]) -> list[dict]:
@@ -133,9 +148,9 @@ def _latest(records: list[dict], key: tuple[str, ...]) -> list[dict]:
 def read_config(run_dir: Path) -> dict:
     try:
         tree = yaml.safe_load((run_dir / "run.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError):
         return {}
-    return tree if isinstance(tree, dict) else {}
+    return tree if isinstance(tree, dict) and shallow(tree) else {}
 
 
 def _section(tree: dict, key: str) -> dict:
@@ -146,7 +161,7 @@ def _section(tree: dict, key: str) -> dict:
 def gather(run_dir: str | Path) -> Facts:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    manifest = _read_json(run_dir / MANIFEST_FILE)
+    manifest = _usable_manifest(_read_json(run_dir / MANIFEST_FILE))
     train_cfg, data_cfg = _section(config, "train"), _section(config, "data")
     facts = Facts(
         run_dir=run_dir,
@@ -159,13 +174,38 @@ def gather(run_dir: str | Path) -> Facts:
         evals=_read_records(run_dir / EVAL_LOG),
         memorization=_latest(_read_records(run_dir / MEMORIZATION_DIR / "summary.jsonl"),
                              ("checkpoint", "chunk")),
-        steps_per_chunk=int(manifest.get("steps_per_chunk") or train_cfg.get("steps_per_chunk") or 1),
-        batch_rows=int(manifest.get("global_batch_rows") or train_cfg.get("global_batch_rows") or 1),
-        seq_len=int(manifest.get("seq_len") or data_cfg.get("seq_len") or 0),
+        steps_per_chunk=_count(manifest.get("steps_per_chunk"), train_cfg.get("steps_per_chunk"), 1),
+        batch_rows=_count(manifest.get("global_batch_rows"), train_cfg.get("global_batch_rows"), 1),
+        seq_len=_count(manifest.get("seq_len"), data_cfg.get("seq_len"), 0),
     )
     facts.checkpoints = checkpoint_table(run_dir, facts.steps_per_chunk, facts.tokens_per_step)
     facts.model = model_facts(run_dir, facts)
     return facts
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _usable_manifest(manifest: dict) -> dict:
+    """The manifest with every list of records holding objects only, and its objects objects:
+    a damaged manifest reports what is left rather than failing on the first wrong type."""
+    out = dict(manifest)
+    for key in ("chunks", "stages", "sources", "heldout"):
+        items = out.get(key)
+        out[key] = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    for key in ("tokenizer", "documents"):
+        if not isinstance(out.get(key), dict):
+            out.pop(key, None)
+    return out
+
+
+def _count(*candidates: object) -> int:
+    """The first candidate that is a positive whole number (the last one is the default)."""
+    for value in candidates[:-1]:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return candidates[-1]
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -184,7 +224,7 @@ def checkpoint_table(run_dir: Path, steps_per_chunk: int, tokens_per_step: int) 
             "tokens": int(tokens) if _finite(tokens) else info.steps_done * tokens_per_step,
             "chunks_seen": info.steps_done // steps_per_chunk,
             "weights_sha256": sums.get("model.safetensors") or sums.get("model.safetensors.index.json"),
-            "skipped_steps": [s for s in state.get("skipped_steps") or [] if isinstance(s, int)],
+            "skipped_steps": [s for s in _list(state.get("skipped_steps")) if isinstance(s, int)],
         })
     return rows
 

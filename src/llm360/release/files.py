@@ -3,7 +3,9 @@
 A run directory may come from a stranger, so it is read as data: the walk never follows a
 symbolic link, never opens anything that is not a regular file (a FIFO would block, a device
 would never end), and a path taken from release.json is checked against the walk before it is
-opened, so `../x`, `/etc/passwd` or `link/x` (with `link` pointing out) are never read.
+opened, so `../x`, `/etc/passwd` or `link/x` (with `link` pointing out) are never read. Its JSON
+is parsed with `parse_json`: damage of any kind (bytes that are not UTF-8, a cut, nesting thousands
+deep) is a ValueError naming what is wrong, never a RecursionError.
 
     scan = scan_tree(run_dir)              # every regular file, and every oddity found
     hashes = hash_files(run_dir, scan.files, progress=True)
@@ -12,6 +14,7 @@ opened, so `../x`, `/etc/passwd` or `link/x` (with `link` pointing out) are neve
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from llm360.utils import HASH_READ_BYTES
 
+MAX_JSON_DEPTH = 64  # no file of a run nests deeper; a stranger's may, to crash whoever walks it
 
 
 @dataclass
@@ -150,3 +154,29 @@ def _progress_bar(enabled: bool):
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
+
+
+def parse_json(data: bytes | str) -> object:
+    """A JSON value from a stranger's file; ValueError saying why when it is not UTF-8 JSON nested
+    at most MAX_JSON_DEPTH deep (deeper values would crash the code that walks them later)."""
+    try:
+        value = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+    if not shallow(value):
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def shallow(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value nests at most `limit` levels (walked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return False
+                pending.append((child, depth + 1))
+    return True

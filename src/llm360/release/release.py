@@ -1,20 +1,20 @@
 """`llm360 release RUN`: the cards, the report and release.json (SPEC.md section 7).
 
     make_release(run_dir)   # MODEL_CARD.md, DATA_CARD.md, report/index.html, release.json
+    release_root(run_dir)   # sha256 of release.json: the value to publish (llm360.release.root)
 
-release.json lists every file under RUN (but itself) with its size and sha256, next to the
+release.json lists every file under RUN (but itself and its signature) with its size and sha256, next to the
 checkpoint table, the config hash and the data fingerprint; `llm360 verify` checks a run against
 it. A release is refused when the run would not verify (a damaged checkpoint, a chunk that does
 not match the manifest, a symbolic link), so what gets published is always consistent.
 
 Releasing again is cheap: the hash of a file is taken from the previous release.json when the file
 has not been written to (nor had its metadata changed: ctime) since that release began. Only
-`created` changes when nothing else did.
+`created` changes when nothing else did, and with it the release root that two documents show.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -26,11 +26,12 @@ from llm360 import __version__
 from llm360.errors import UserError
 from llm360.release import cards, report
 from llm360.release.facts import Facts, gather
-from llm360.release.files import hash_files, link_leaves, scan_tree
+from llm360.release.files import hash_files, link_leaves, parse_json, scan_tree
+from llm360.release.root import SIGNATURE_FILE, normal_form, with_root
 from llm360.release.verify import consistency
 from llm360.rundir import DATA_CARD, MODEL_CARD, RELEASE_FILE, RELEASE_FORMAT
 from llm360.rundir import REPORT_FILE as REPORT
-from llm360.utils import atomic_write_json, atomic_write_text, sha256_file
+from llm360.utils import atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
 PACKAGES = ("torch", "numpy", "safetensors", "tokenizers", "pyarrow", "pyyaml", "pydantic", "transformers")
 CACHE_MARGIN_NS = 2_000_000_000  # clocks and file systems with coarse timestamps: stay on the safe side
 
@@ -62,7 +63,7 @@ def previous_hashes(run_dir: Path, scan) -> dict[str, str]:
     if RELEASE_FILE not in scan.files:
         return {}
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = parse_json(path.read_bytes())  # a stranger's: damage of any kind means no cache
         began = _parse_utc(old.get("created"))
         entries = old.get("files") or []
     except (OSError, ValueError, AttributeError):
@@ -137,29 +138,40 @@ def make_release(run_dir: str | Path, progress: bool = False) -> dict:
     facts = gather(run_dir)
     config_sha256 = sha256_file(run_dir / "run.yaml")
 
-    # the documents first: they are files of the release too
-    _write_if_changed(run_dir / MODEL_CARD, cards.model_card(facts, config_sha256))
+    # the documents first: they are files of the release too; the two that show the root are
+    # listed in their normal form and written once the root is known (llm360.release.root)
     _write_if_changed(run_dir / DATA_CARD, cards.data_card(facts))
-    _write_if_changed(run_dir / REPORT, report.render(facts, config_sha256))
+    rooted = {MODEL_CARD: normal_form(cards.model_card(facts, config_sha256).encode("utf-8")),
+              REPORT: normal_form(report.render(facts, config_sha256).encode("utf-8"))}
 
     scan = scan_tree(run_dir)
-    listed = {rel: st for rel, st in scan.files.items() if rel != RELEASE_FILE}
+    listed = {rel: st for rel, st in scan.files.items() if rel not in (RELEASE_FILE, SIGNATURE_FILE, *rooted)}
     hashes = hash_files(run_dir, listed, progress=progress, known=previous_hashes(run_dir, scan),
                         label="hashing the release")
     missing = sorted(set(listed) - set(hashes))
     if missing:
         raise UserError(f"cannot release {run_dir}: could not read {', '.join(missing[:5])}")
-    files = [{"path": rel, "bytes": listed[rel].st_size, "sha256": hashes[rel]} for rel in sorted(listed)]
-    record = release_record(facts, created, files, config_sha256)
+    files = [{"path": rel, "bytes": listed[rel].st_size, "sha256": hashes[rel]} for rel in listed]
+    files += [{"path": rel, "bytes": len(data), "sha256": sha256_bytes(data)} for rel, data in rooted.items()]
+    record = release_record(facts, created, sorted(files, key=lambda f: f["path"]), config_sha256)
 
 
     found = consistency(run_dir, record, scan, hashes)
     if found:
         raise UserError(f"cannot release {run_dir}, it would not verify: "
                         + "; ".join(str(f) for f in found[:5]) + (f" (and {len(found) - 5} more)" if len(found) > 5 else ""))
+    (run_dir / SIGNATURE_FILE).unlink(missing_ok=True)  # it signed the release.json being replaced
     atomic_write_json(run_dir / RELEASE_FILE, record)
     os.chmod(run_dir / RELEASE_FILE, 0o644)
+    root = release_root(run_dir)
+    for rel, data in rooted.items():
+        _write_if_changed(run_dir / rel, with_root(data, root).decode("utf-8"))
     return record
+
+
+def release_root(run_dir: str | Path) -> str:
+    """The release root: sha256 of release.json's bytes, which anchors every file of the release."""
+    return sha256_file(Path(run_dir) / RELEASE_FILE)
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -185,4 +197,8 @@ def cli_release(args) -> int:
                   f"data fingerprint {str(record['data_fingerprint'])[:16]}", markup=True, highlight=False)
     for rel in (MODEL_CARD, DATA_CARD, REPORT, RELEASE_FILE):
         console.print(f"  {Path(args.run) / rel}", markup=False, highlight=False)
+    # on stdout, alone: the one value to publish (ROOT=$(llm360 release RUN | cut -d' ' -f3))
+    print(f"release root {release_root(args.run)}")
+    console.print("  publish it; `llm360 verify RUN --expect ROOT` then checks every byte against it",
+                  markup=False, highlight=False)
     return 0

@@ -19,6 +19,7 @@ from llm360 import __version__
 from llm360.release.cards import event_detail, eval_columns, latest_evals, memorization_by_checkpoint
 from llm360.release.facts import Facts, first_batch
 from llm360.release.report_assets import CSS, JS
+from llm360.release.root import placeholder_mark
 from llm360.release.text import esc, finite, human, num, script_json, thousands
 
 MAX_POINTS = 2000  # per training curve; longer runs are averaged into this many buckets
@@ -440,7 +441,8 @@ def render(facts: Facts, config_sha256: str | None = None) -> str:
 <h1>{esc(facts.name)}</h1>
 <div class="sub">llm360 run report · LLaMA-style model pretrained in the open · data fingerprint
 <code>{esc((facts.fingerprint or "-")[:16])}</code> · <a href="../MODEL_CARD.md">model card</a> ·
-<a href="../DATA_CARD.md">data card</a> · verify with <code>llm360 verify RUN</code></div>
+<a href="../DATA_CARD.md">data card</a> · release root (sha256 of release.json) <code>{placeholder_mark()}</code> ·
+verify with <code>llm360 verify RUN --expect ROOT</code></div>
 {_summary(facts, config_sha256)}
 </header>
 <nav>{nav}</nav>
