@@ -100,6 +100,18 @@ def chunk_hashes(run: Path) -> list[str]:
     return [c["sha256"] for c in json.loads((run / "data" / "manifest.json").read_text())["chunks"]]
 
 
+def fim_reference(content: list[int], prefix: int, middle: int, mode: str, ids: dict[str, int]) -> list[int]:
+    """FIM written out plainly, apart from llm360.data.fim: StarCoder's PSM and SPM (bigcode
+    Megatron-LM), the suffix giving up its last 3 tokens for the 3 markers."""
+    P, M, S = content[:prefix], content[prefix : prefix + middle], content[prefix + middle :]
+    S = S[: len(S) - 3]
+    pre, mid, suf = ids["<fim_prefix>"], ids["<fim_middle>"], ids["<fim_suffix>"]
+    if mode == "psm":
+        return [pre] + P + [suf] + S + [mid] + M
+    assert mode == "spm"
+    return [pre, suf] + S + [mid] + P + M
+
+
 def check_rows(run: Path, base: Path, n: int = 12, seed: int = 0, heldout: bool = False) -> int:
     """Round trip of random rows: every span's tokens are exactly that slice of its document,
     re-read from the source by uri (roots relative to `base`, the config's folder) and
@@ -109,6 +121,7 @@ def check_rows(run: Path, base: Path, n: int = 12, seed: int = 0, heldout: bool 
     docs = data.documents().to_pydict()
     rng = np.random.default_rng(seed)
     encoded: dict[int, list[int]] = {}
+    fim_ids = json.loads((Path(run) / "data" / "manifest.json").read_text())["tokenizer"].get("fim_tokens")
     checked = 0
     picks = []
     if heldout:
@@ -142,8 +155,17 @@ def check_rows(run: Path, base: Path, n: int = 12, seed: int = 0, heldout: bool 
             else:
                 doc_bytes = data.document_text(doc_id, base).encode()
             piece = [int(x) for x in row[off : off + length]]
-            assert piece == encoded[doc_id][dto : dto + length]
-            text_ids = piece[:-1] if dto + length == docs["n_tokens"][doc_id] else piece
+            original = encoded[doc_id][dto : dto + length]
+            ends_doc = dto + length == docs["n_tokens"][doc_id]
+            if table.get("fim", [""] * len(table["row"]))[i]:
+                content = original[:-1] if ends_doc else original
+                split = (table["fim_prefix"][i], table["fim_middle"][i], table["fim_suffix"][i])
+                assert sum(split) == len(content) - 3
+                expect = fim_reference(content, *split[:2], table["fim"][i], fim_ids)
+                assert piece == expect + ([data.eos_id] if ends_doc else [])
+            else:
+                assert piece == original
+            text_ids = original[:-1] if ends_doc else original
             assert token_bytes(tok, text_ids) in doc_bytes
             checked += 1
     return checked

@@ -198,7 +198,11 @@ def test_idempotent_and_config_change(prepared, capsys):
 
 
 def test_same_bytes_for_workers_and_shards_other_seed_differs(tmp_path, capsys):
-    tree = base_tree(two_sources(tmp_path))
+    tree = base_tree(two_sources(tmp_path), stages=[  # with FIM and an exact mixture, which add draws
+        {"name": "one", "chunks": 2, "mix": {"web": 1.0, "books": 1.0}, "exact_mix": True,
+         "fim": {"web": {"rate": 0.9, "spm_ratio": 0.5}}},
+        {"name": "two", "chunks": 1, "mix": {"web": 1.0}},
+    ])
     cfg = write_config(tmp_path, tree)
     rc, _, _ = cli(["prepare", cfg, "--out", tmp_path / "w1", "--workers", 1], capsys)
     assert rc == 0
@@ -215,6 +219,8 @@ def test_same_bytes_for_workers_and_shards_other_seed_differs(tmp_path, capsys):
     assert rc == 0 and not (tmp_path / "sh" / ".prepare").exists()
 
     base = chunk_hashes(tmp_path / "w1")
+    first = json.loads((tmp_path / "w1" / "data" / "manifest.json").read_text())["chunks"][0]
+    assert sum(first["fim"]["web"].values()) > 0
     assert chunk_hashes(tmp_path / "w2") == base
     assert chunk_hashes(tmp_path / "sh") == base
     for name in ("manifest.json", "documents.parquet", "tokenizer/tokenizer.json"):

@@ -59,6 +59,7 @@ class SourceConfig(Section):
     builtin: str | None = None
     license: str | None = None
     description: str | None = None  # where the data came from, in your words (manifest, data card)
+    ftfy: bool = False  # fix mojibake with ftfy before NFC (Crystal's text was); needs the ftfy extra
 
     @field_validator("kind")
     @classmethod
@@ -98,11 +99,21 @@ class FilterConfig(Section):
     dedup: bool = True
 
 
+class FimConfig(Section):
+    """Fill-in-the-middle for one source in one stage (data/fim.py): Crystal used rate 0.9 in its
+    phase 2 and 0.3 in phase 3, half of them SPM."""
+
+    rate: float = Field(ge=0, le=1)  # the share of document pieces rearranged
+    spm_ratio: float = Field(0.5, ge=0, le=1)  # of those, the share in SPM order (the rest PSM)
+
+
 class StageConfig(Section):
     name: str
     chunks: int = Field(ge=1)
     mix: dict[str, float]
     rewarm_steps: int = Field(0, ge=0)  # re-warm the LR at this stage's start (Crystal stage 3)
+    exact_mix: bool = False  # every chunk holds each source's 1/chunks of the stage's rows (Amber)
+    fim: dict[str, FimConfig] = {}  # source name -> its FIM in this stage
 
     @field_validator("mix")
     @classmethod
@@ -140,7 +151,14 @@ class DataConfig(Section):
                     f"stage {stage.name!r} mixes unknown source(s) {', '.join(unknown)}; "
                     f"sources are: {', '.join(names) or '(none)'}"
                 )
+            unmixed = sorted(set(stage.fim) - {n for n, w in stage.mix.items() if w > 0})
+            if unmixed:
+                raise ValueError(f"stage {stage.name!r} has fim for {', '.join(unmixed)}, not in its mix")
         return self
+
+    def uses_fim(self) -> bool:
+        """Whether any stage rearranges documents, so the tokenizer needs the FIM tokens."""
+        return any(f.rate > 0 for st in self.stages for f in st.fim.values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,11 @@ draws only, which rows go where (SPEC 2-4):
    from permutations of its training rows, epoch e by `seeded_rng(seed, "epoch", SOURCE, e)`,
    continuing across stages where the previous stage stopped.
 6. The stage's rows (sources in config order, each in draw order) are shuffled by
-   `seeded_rng(seed, "stage", STAGE_INDEX)` and cut into chunks in that order.
+   `seeded_rng(seed, "stage", STAGE_INDEX)` and cut into chunks in that order. With the stage's
+   `exact_mix` (Amber's chunks), each chunk instead holds every source's 1/chunks of the stage's
+   rows, to the row (`per_chunk_counts`), shuffled inside the chunk.
+7. With FIM in the run, each chunk's pieces of the stage's FIM sources are rearranged as the
+   chunk is written (data/fim.py), and its spans say which and how.
 
 Every draw uses numpy's PCG64 seeded from the first 16 bytes of sha256(JSON [seed, *labels]), so
 orders depend on the seed and the names only, never on workers, shards or the machine.
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm360.data import fim as fim_mod
 from llm360.data.encode import read_docs
 from llm360.data.sources import Plan, uri_of
 from llm360.rundir import DATA_FORMAT
@@ -84,21 +89,24 @@ def compute_spans(rows: np.ndarray, src_rows: np.ndarray, starts: np.ndarray, le
     }
 
 
-def _spans_table(parts: list[tuple[str, dict[str, np.ndarray]]]):
-    import pyarrow as pa
-
+def _spans_columns(parts: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """The spans of `parts` (a source's name and its `compute_spans`) in table order: by row, then offset."""
     if parts:
         cols = {k: np.concatenate([p[k] for _, p in parts]) for k in parts[0][1]}
-        names = np.concatenate([np.full(len(p["row"]), i, dtype=np.int32) for i, (_, p) in enumerate(parts)])
+        cols["source"] = np.concatenate([np.full(len(p["row"]), name, dtype=object) for name, p in parts])
     else:
         cols = {k: np.zeros(0, dtype=t) for k, t in
-                [("row", np.int64), ("offset", np.int32), ("length", np.int32), ("doc_id", np.int64), ("doc_token_offset", np.int64)]}
-        names = np.zeros(0, dtype=np.int32)
+                [("row", np.int64), ("offset", np.int32), ("length", np.int32), ("doc_id", np.int64),
+                 ("doc_token_offset", np.int64), ("source", object)]}
     order = np.lexsort((cols["offset"], cols["row"]))
-    labels = np.array([name for name, _ in parts] or [""], dtype=object)
-    table = {k: pa.array(v[order]) for k, v in cols.items()}
-    table["source"] = pa.array(labels[names[order]].tolist() if len(order) else [], type=pa.string())
-    return pa.table(table)
+    return {k: v[order] for k, v in cols.items()}
+
+
+def _spans_table(cols: dict[str, np.ndarray]):
+    import pyarrow as pa
+
+    strings = ("source", "fim")
+    return pa.table({k: pa.array(v.tolist(), type=pa.string()) if k in strings else pa.array(v) for k, v in cols.items()})
 
 
 def _write_parquet(table, path: Path) -> str:
@@ -172,6 +180,7 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
 
     kept = np.flatnonzero(docs.keep)
     doc_id = np.cumsum(docs.keep) - 1
+    doc_tokens = docs.n_tokens[kept]  # by doc_id
     geometry = []  # per source: its kept documents' (stream offset, length, doc_id), for spans
     for s in range(len(names)):
         idx = kept[docs.source[kept] == s]
@@ -200,15 +209,17 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
     width = pad_width(sum(st["chunks"] for st in stages))
     progress.start("write chunks", sum(st["chunks"] for st in stages))
     draw = RowDraw(cfg.seed, names, train_rows)
+    fim_ids = tok.get("fim_tokens", {})
     chunk_entries, stage_entries = [], []
     for si, st in enumerate(stages):
         src_all, row_all, entry = draw.stage(si, st, R, first_chunk=len(chunk_entries))
         stage_entries.append(entry)
+        stage_fim = FimRows(cfg.seed, [st["fim"].get(n) for n in names], doc_tokens, fim_ids) if fim_ids else None
         for k in range(st["chunks"]):
             rows = slice(k * R, (k + 1) * R)
             chunk_entries.append(_write_chunk(
                 len(chunk_entries), si, src_all[rows], row_all[rows], views, geometry, names, list(st["mix"]),
-                data_dir, width, dtype,
+                data_dir, width, dtype, stage_fim,
             ))
             progress.advance()
     del views
@@ -228,6 +239,8 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
             "train_rows": int(len(train_rows[s])),
             "tail_tokens_dropped": int(stream_len[s] - n_rows[s] * L),
         }
+        if sp.ftfy:
+            entry["ftfy"] = sp.ftfy  # the version that fixed the text: fixes change between versions
         if sp.builtin:
             entry["python"] = platform.python_version()  # the built-ins are this Python's own files
         sources.append(entry)
@@ -371,7 +384,7 @@ def _write_heldout(seed: int, name: str, h: int, view: np.ndarray, geometry, dat
     spans = compute_spans(np.arange(h), held, *geometry, view.shape[1])
     entry = {
         "source": name, "file": file, "sha256": sha256_file(data_dir / file), "rows": int(h),
-        "spans_file": spans_file, "spans_sha256": _write_parquet(_spans_table([(name, spans)]), data_dir / spans_file),
+        "spans_file": spans_file, "spans_sha256": _write_parquet(_spans_table(_spans_columns([(name, spans)])), data_dir / spans_file),
     }
     return entry, np.flatnonzero(mask)
 
@@ -416,17 +429,53 @@ class RowDraw:
             src.append(np.full(len(got), s, dtype=np.int32))
             rows.append(got)
             epochs[name] = round(need / len(self.train_rows[s]), 6) if len(self.train_rows[s]) else 0.0
-        order = seeded_rng(self.seed, "stage", si).permutation(st["chunks"] * rows_per_chunk)
+        if st["exact_mix"]:
+            totals = [rows_per_source[n] for n in self.names if n in rows_per_source]  # config order, as `src`
+            order = self.exact_order(si, per_chunk_counts(totals, st["chunks"]))
+        else:
+            order = seeded_rng(self.seed, "stage", si).permutation(st["chunks"] * rows_per_chunk)
         entry = {
             "index": si, "name": st["name"], "first_chunk": first_chunk, "chunks": st["chunks"],
             "mix": st["mix"], "rows_per_source": rows_per_source, "epochs": epochs,
             "permutations": permutations, "rewarm_steps": st["rewarm_steps"],
         }
+        if st["exact_mix"]:
+            entry["exact_mix"] = True
+        if st["fim"]:
+            entry["fim"] = {n: f.model_dump() for n, f in st["fim"].items()}
         return np.concatenate(src)[order], np.concatenate(rows)[order], entry
+
+    def exact_order(self, si: int, counts: np.ndarray) -> np.ndarray:
+        """The stage's rows (sources in turn, each in draw order) dealt out so that chunk k takes
+        the next `counts[k, j]` rows of the stage's j-th source, shuffled inside the chunk by
+        `seeded_rng(seed, "stage", STAGE, "chunk", k)`."""
+        totals = counts.sum(axis=0)
+        source_start = np.cumsum(totals) - totals  # where each source's rows begin in the stage
+        taken = np.cumsum(counts, axis=0) - counts  # rows of each source in earlier chunks
+        order = []
+        for k, row in enumerate(counts):
+            idx = np.concatenate([source_start[j] + taken[k, j] + np.arange(n) for j, n in enumerate(row)])
+            order.append(idx[seeded_rng(self.seed, "stage", si, "chunk", k).permutation(len(idx))])
+        return np.concatenate(order)
+
+
+def per_chunk_counts(totals: list[int], chunks: int) -> np.ndarray:
+    """(chunks, sources): each source's `totals` spread over the chunks as evenly as whole rows allow.
+
+    Every chunk gets floor(total / chunks) rows of a source; the remainders, listed source by source,
+    go one to a chunk in turn. A source's remainder is below `chunks`, so no chunk gets two of it, and
+    the remainders sum to a multiple of `chunks`, so every chunk gets as many: each chunk holds each
+    source at floor or ceil of its share, and all chunks hold the same number of rows.
+    """
+    counts = np.tile(np.array([t // chunks for t in totals], dtype=np.int64), (chunks, 1))
+    extras = [j for j, t in enumerate(totals) for _ in range(t % chunks)]
+    for i, j in enumerate(extras):
+        counts[i % chunks, j] += 1
+    return counts
 
 
 def _write_chunk(index: int, stage: int, src: np.ndarray, rows: np.ndarray, views, geometry, names: list[str],
-                 mix: list[str], data_dir: Path, width: int, dtype) -> dict:
+                 mix: list[str], data_dir: Path, width: int, dtype, stage_fim: "FimRows | None" = None) -> dict:
     R, L = len(src), views[0].shape[1]
     file = f"chunks/chunk_{index:0{width}d}.npy"
     spans_file = f"chunks/chunk_{index:0{width}d}.spans.parquet"
@@ -437,26 +486,53 @@ def _write_chunk(index: int, stage: int, src: np.ndarray, rows: np.ndarray, view
         for s in np.unique(block_src).tolist():
             at = np.flatnonzero(block_src == s)
             arr[lo + at] = views[s][block_rows[at]]
-    arr.flush()
-    del arr
     parts = []
     for s in np.unique(src).tolist():
         at = np.flatnonzero(src == s)
         parts.append((names[s], compute_spans(at, rows[at], *geometry[s], L)))
+    spans = _spans_columns(parts)
+    fim_counts = stage_fim.apply(index, arr, spans, names) if stage_fim else None
+    arr.flush()
+    del arr
     per_source = np.bincount(src, minlength=len(names))
-    return {
+    entry = {
         "index": index, "stage": stage, "file": file, "sha256": sha256_file(data_dir / file),
         "rows": R, "tokens": R * L,
         "rows_per_source": {n: int(per_source[names.index(n)]) for n in mix},
         "spans_file": spans_file,
-        "spans_sha256": _write_parquet(_spans_table(parts), data_dir / spans_file),
+        "spans_sha256": _write_parquet(_spans_table(spans), data_dir / spans_file),
     }
+    if fim_counts is not None:
+        entry["fim"] = fim_counts
+    return entry
+
+
+class FimRows:
+    """A stage's FIM (data/fim.py) on the chunks it writes; the spans gain its columns."""
+
+    def __init__(self, seed: int, fim: list, doc_tokens: np.ndarray, ids: dict[str, int]):
+        self.seed, self.fim, self.doc_tokens, self.ids = seed, fim, doc_tokens, ids
+
+    def apply(self, chunk: int, arr: np.ndarray, spans: dict[str, np.ndarray], names: list[str]) -> dict:
+        """Rearrange chunk `chunk` (`arr`) in place, add the FIM columns to `spans`; the counts per
+        source and mode for the manifest's chunk entry."""
+        index = {n: i for i, n in enumerate(names)}
+        source = np.array([index[n] for n in spans["source"].tolist()], dtype=np.int64)
+        rng = seeded_rng(self.seed, "fim", chunk)
+        spans.update(fim_mod.apply_to_chunk(arr, spans, self.doc_tokens[spans["doc_id"]], self.fim, source, rng, self.ids))
+        counts = {}
+        for s, f in enumerate(self.fim):
+            if f is not None:
+                modes = spans["fim"][source == s]
+                counts[names[s]] = {m: int((modes == m).sum()) for m in ("psm", "spm")}
+        return counts
 
 
 def _stage_plan(cfg, names: list[str], n_rows: np.ndarray) -> list[dict]:
     """The configured stages, or one stage `all` that takes every source's rows once."""
     stages = [
-        {"name": st.name, "chunks": st.chunks, "mix": dict(st.mix), "rewarm_steps": st.rewarm_steps}
+        {"name": st.name, "chunks": st.chunks, "mix": dict(st.mix), "rewarm_steps": st.rewarm_steps,
+         "exact_mix": st.exact_mix, "fim": {n: f for n, f in st.fim.items() if f.rate > 0}}
         for st in cfg.data.stages
     ]
     if stages:
@@ -469,4 +545,5 @@ def _stage_plan(cfg, names: list[str], n_rows: np.ndarray) -> list[dict]:
             f"no data.stages given and {sum(train.values())} training rows are fewer than one chunk "
             f"({R} rows = train.global_batch_rows x train.steps_per_chunk); add data or lower those"
         )
-    return [{"name": "all", "chunks": chunks, "mix": {n: float(r) for n, r in train.items() if r > 0}, "rewarm_steps": 0}]
+    return [{"name": "all", "chunks": chunks, "mix": {n: float(r) for n, r in train.items() if r > 0}, "rewarm_steps": 0,
+             "exact_mix": False, "fim": {}}]

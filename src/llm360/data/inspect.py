@@ -37,9 +37,18 @@ def cli_batch(args) -> int:
         print(printable(f"\n=== row {row['row']}  source {row['source']}"))
         for s in row["spans"]:
             end = s["doc_token_offset"] + s["length"]
-            print(printable(f"    doc {s['doc_id']} {s['uri']} tokens [{s['doc_token_offset']}:{end}] at row offset {s['offset']}"))
+            print(printable(f"    doc {s['doc_id']} {s['uri']} tokens [{s['doc_token_offset']}:{end}] at row offset {s['offset']}"
+                            + _fim_note(s)))
         print(printable(row["text"]))
     return 0
+
+
+def _fim_note(span: dict) -> str:
+    """How FIM rearranged a span (data/fim.py), or "" when it did not."""
+    if not span.get("fim"):
+        return ""
+    return (f", FIM {span['fim'].upper()}: prefix {span['fim_prefix']}, middle {span['fim_middle']}, "
+            f"suffix {span['fim_suffix']} tokens (its last 3 dropped for the FIM tokens)")
 
 
 def export_llm360(run: str | Path | RunData, out: str | Path, progress: bool = False) -> list[Path]:

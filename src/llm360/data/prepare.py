@@ -53,7 +53,7 @@ from llm360.data.encode import (
     sample_unit,
     shard_range,
 )
-from llm360.data.tokenizer import load_existing, train_bpe, write_tokenizer_dir
+from llm360.data.tokenizer import add_fim_tokens, load_existing, train_bpe, write_tokenizer_dir
 from llm360.errors import UserError
 from llm360.rundir import compute_fingerprint, pad_width
 from llm360.utils import atomic_write_json, fsync_dir, fsync_tree, replace_dir, sha256_file
@@ -96,6 +96,8 @@ def compute_plan_id(cfg, plan: S.Plan) -> str:
         "tokenizer": d.tokenizer.model_dump(mode="json"),
         "units": plan.identity(),
     }
+    if d.uses_fim():  # the tokenizer then holds the FIM tokens
+        ident["fim_tokens"] = True
     return hashlib.sha256(_canonical(ident).encode()).hexdigest()
 
 
@@ -216,8 +218,14 @@ def obtain_tokenizer(cfg, plan: S.Plan, pool, workers: int, work: Path, report: 
         if not p.is_absolute():
             p = Path(cfg.base_dir or ".") / p
         tok, file, eos, eos_id = load_existing(p)
+        extra = {}
+        if cfg.data.uses_fim():
+            extra["fim_tokens"] = add_fim_tokens(tok)
+            work.mkdir(parents=True, exist_ok=True)
+            file = work / "tokenizer.json"
+            tok.save(str(file))
         # the manifest records the path as the config wrote it, not where it is on this machine
-        return _info(file, tok.get_vocab_size(), eos, eos_id, trained=False, source=tcfg.path), {}
+        return _info(file, tok.get_vocab_size(), eos, eos_id, trained=False, source=tcfg.path, **extra), {}
     if shared is not None and (shared / "info.json").exists():
         info = json.loads((shared / "info.json").read_text(encoding="utf-8"))
         if info.get("plan_id") == plan_id and sha256_file(shared / "tokenizer.json") == info["sha256"]:
@@ -233,12 +241,13 @@ def obtain_tokenizer(cfg, plan: S.Plan, pool, workers: int, work: Path, report: 
         raise UserError("no document passed the filters, so there is no text to train the tokenizer on; "
                         "check data.sources and data.filters")
     report.start(f"train tokenizer ({tcfg.vocab_size})", None)
-    tok = train_bpe(texts, tcfg.vocab_size)
+    tok = train_bpe(texts, tcfg.vocab_size, fim=cfg.data.uses_fim())
     work.mkdir(parents=True, exist_ok=True)
     path = work / "tokenizer.json"
     tok.save(str(path))
+    extra = {"fim_tokens": add_fim_tokens(tok)} if cfg.data.uses_fim() else {}
     info = _info(path, tok.get_vocab_size(), "<|endoftext|>", tok.token_to_id("<|endoftext|>"),
-                 trained=True, source="trained", sample_chars=sum(map(len, texts)))
+                 trained=True, source="trained", sample_chars=sum(map(len, texts)), **extra)
     if shared is not None:
         _publish_tokenizer(shared, path, {**info, "plan_id": plan_id})
     return info, cache

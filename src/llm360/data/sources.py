@@ -24,8 +24,8 @@ Reading a unit yields `Record`s: a cleaned document, or a dropped one with the r
     too_long       more characters than filters.max_chars
     duplicate      (counted later, by `assemble`) the same cleaned text seen before
 
-Cleaning is Unicode NFC (and a leading byte-order mark removed from files); nothing else changes
-a document's text. uris (SPEC 2): `PATH:LINE` (1-based) for JSONL, `PATH#ROW` (0-based) for
+Cleaning is Unicode NFC (and a leading byte-order mark removed from files), after ftfy's
+`fix_text` for a source with `ftfy: true`; nothing else changes a document's text. uris (SPEC 2): `PATH:LINE` (1-based) for JSONL, `PATH#ROW` (0-based) for
 parquet, `PATH` for a whole file, `python:MODULE.QUALNAME` for a docstring (`@N` appended for the
 N-th docstring with the same name in one module, N >= 2) and `python:pydoc_data.topics#TOPIC` for
 a language-reference topic. PATH is relative to the source root, `/`-separated.
@@ -50,7 +50,7 @@ import json
 import os
 import sysconfig
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Iterator, NamedTuple
 
@@ -86,6 +86,7 @@ class Unit:
     module: str = ""  # python-docs: dotted module name
     part: str = ""  # python-docs: "topics" for the language-reference topics
     problem: str = ""  # a file that cannot be read at all: what is wrong (read as one `unreadable` record)
+    ftfy: bool = False  # the source's `ftfy` option: fix mojibake before NFC (see `clean`)
 
 
 class Record(NamedTuple):
@@ -110,6 +111,7 @@ class SourcePlan:
     description: str | None
     first_unit: int
     n_units: int
+    ftfy: str | None = None  # the ftfy version cleaning this source's text, when its option is on
 
 
 @dataclass
@@ -507,11 +509,14 @@ def plan_sources(data_cfg, base_dir: str | Path | None) -> Plan:
         kind = config_kind(src)
         first = len(units)
         root, new = kind.units(src, si, len(units), base)
+        fixer = ftfy_version(f"data.sources[{si}].ftfy") if src.ftfy else None  # refused before any work
+        if fixer:
+            new = [replace(u, ftfy=True) for u in new]
         units.extend(new)
         sources.append(SourcePlan(
             name=src.name, kind=src.kind, builtin=src.builtin, root=str(root),
             recorded_root=kind.recorded_root(src, root, base), text_field=src.text_field,
-            license=src.license, description=src.description, first_unit=first, n_units=len(new),
+            license=src.license, description=src.description, first_unit=first, n_units=len(new), ftfy=fixer,
         ))
     return Plan(sources, units)
 
@@ -520,8 +525,22 @@ def plan_sources(data_cfg, base_dir: str | Path | None) -> Plan:
 # reading
 
 
-def clean(text: str) -> str:
-    """The only change made to a document's text: Unicode NFC."""
+def ftfy_version(key: str) -> str:
+    """The installed ftfy's version; UserError naming `key` when it is not installed."""
+    try:
+        import ftfy
+    except ImportError:
+        raise UserError(f"{key} is on but ftfy is not installed; pip install 'llm360[ftfy]'") from None
+    return ftfy.__version__
+
+
+def clean(text: str, fix: bool = False) -> str:
+    """The only changes made to a document's text: ftfy's fix_text when `fix` (the source's `ftfy`
+    option, as Crystal's text was normalized), then Unicode NFC."""
+    if fix:
+        import ftfy
+
+        text = ftfy.fix_text(text)
     if not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     return text
@@ -548,7 +567,7 @@ def read_unit(unit: Unit, min_chars: int = 1, max_chars: int = 1 << 62, limit: i
     kept = 0
     for rec in raw:
         if rec.text is not None:
-            text = clean(rec.text)
+            text = clean(rec.text, unit.ftfy)
             reason, what = _filter(text, min_chars, max_chars)
             if reason:
                 rec = Record(rec.key, rec.name, None, reason, what)
@@ -801,7 +820,10 @@ def read_by_uri(source: dict, uri: str, base_dir: str | Path | None = None) -> s
     """
     kind = config_kind(source)
     root = kind.root_of(source, base_dir)
-    return clean(kind.read_one(root, uri, source.get("text_field", "text")))
+    fix = "ftfy" in source
+    if fix:
+        ftfy_version(f"source {source['name']!r}'s ftfy")
+    return clean(kind.read_one(root, uri, source.get("text_field", "text")), fix)
 
 
 def _python_by_uri(root: Path, uri: str) -> str:

@@ -209,7 +209,8 @@ def batch_at(run: str | Path | RunData, step: int) -> list[dict]:
     """The rows of global step `step`, with provenance: one dict per row, in batch order.
 
     Keys: step, chunk, row (index in the chunk), source, tokens (list of ints), spans (list of
-    {doc_id, uri, source, offset, length, doc_token_offset}) and text (decoded, EOS shown).
+    {doc_id, uri, source, offset, length, doc_token_offset}, and fim, fim_prefix, fim_middle,
+    fim_suffix in a run with FIM: see data/fim.py) and text (decoded, EOS shown).
     """
     data = run if isinstance(run, RunData) else RunData(run)
     c, first = data.step_location(step)
@@ -223,10 +224,12 @@ def batch_at(run: str | Path | RunData, step: int) -> list[dict]:
     uris = dict(zip(doc_ids, docs.column("uri").take(doc_ids).to_pylist())) if doc_ids else {}
     out = []
     by_row: dict[int, list[dict]] = {}
+    fim_keys = [k for k in ("fim", "fim_prefix", "fim_middle", "fim_suffix") if k in part]
     for i in range(len(part["row"])):
         by_row.setdefault(part["row"][i], []).append({
             "doc_id": part["doc_id"][i], "uri": uris[part["doc_id"][i]], "source": part["source"][i],
             "offset": part["offset"][i], "length": part["length"][i], "doc_token_offset": part["doc_token_offset"][i],
+            **{k: part[k][i] for k in fim_keys},
         })
     for k, tokens in enumerate(rows):
         r = first + k

@@ -21,14 +21,16 @@ import json
 import shutil
 from pathlib import Path
 
+from llm360.data.fim import FIM_TOKENS
 from llm360.errors import UserError
 
 EOS_TOKEN = "<|endoftext|>"
 KNOWN_EOS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "<|im_end|>", "[SEP]")
 
 
-def train_bpe(texts: list[str], vocab_size: int):
-    """A byte-level BPE with `EOS_TOKEN` as id 0, trained on `texts` in order."""
+def train_bpe(texts: list[str], vocab_size: int, fim: bool = False):
+    """A byte-level BPE with `EOS_TOKEN` as id 0, trained on `texts` in order; with `fim`, the
+    FIM tokens are ids 1-3 (within `vocab_size`)."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -44,7 +46,7 @@ def train_bpe(texts: list[str], vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN],
+        special_tokens=[EOS_TOKEN, *(FIM_TOKENS if fim else ())],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -108,6 +110,16 @@ def load_existing(path: str | Path):
         raise UserError(f"{file}: not a tokenizers tokenizer.json ({e})") from None
     eos, eos_id = find_eos(tok, config, str(path))
     return tok, file, eos, eos_id
+
+
+def add_fim_tokens(tok) -> dict[str, int]:
+    """Add StarCoder's FIM tokens as special tokens where missing (after the vocabulary, in
+    FIM_TOKENS order, so the ids are deterministic); return their ids."""
+    from tokenizers import AddedToken
+
+    missing = [t for t in FIM_TOKENS if tok.token_to_id(t) is None]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+    return {t: tok.token_to_id(t) for t in FIM_TOKENS}
 
 
 def write_tokenizer_dir(tokenizer_json: str | Path, out: Path, eos_token: str, seq_len: int) -> None:
