@@ -1,6 +1,6 @@
 """The run config: one typed tree, loaded from YAML, overridden with `--section.key=value`.
 
-The key names are those of SPEC.md section 9. Every section is a small pydantic model that
+The key names are those of docs/run-directory.md §9. Every section is a small pydantic model that
 forbids unknown keys, so a typo is caught with the key's full dotted name. Each component of
 llm360 takes only its own section (`cfg.data`, `cfg.train`, ...), never the whole tree.
 

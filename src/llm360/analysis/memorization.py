@@ -1,4 +1,4 @@
-"""Memorization across checkpoints, as LLM360 Analysis360 and Pythia measure it (SPEC.md 6).
+"""Memorization across checkpoints, as LLM360 Analysis360 and Pythia measure it (docs/run-directory.md §6).
 
 From a training row, the first k tokens (k = 32) are the prompt and the next l (l = 32) the
 truth. The model continues the prompt greedily for l tokens; the score is the fraction of the l

@@ -15,7 +15,7 @@ rows, flagged as such) into RUN/analysis/search/. The files follow the layout of
 The separator is no token of the vocabulary, so a match never runs from one row into the next.
 A query is two binary searches over the memory-mapped table (a few dozen page reads), so counts
 take microseconds whatever the corpus size; locating an occurrence is arithmetic on its pointer:
-row = pointer // row bytes, and the step rule (SPEC.md 4) gives the step that trained on it.
+row = pointer // row bytes, and the step rule (docs/run-directory.md §4) gives the step that trained on it.
 
 Building needs the optional extra `search`: pydivsufsort (libdivsufsort) sorts the whole token
 file in memory (5 bytes per byte, 9 from 2 GiB on), and is used when that fits in half of the

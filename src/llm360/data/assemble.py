@@ -1,7 +1,7 @@
 """From tokenized shards to RUN/data: dedup, token streams, rows, held-out, stages and chunks.
 
 Nothing here tokenizes; it reads what the shards wrote (`encode.py`) and decides, with seeded
-draws only, which rows go where (SPEC 2-4):
+draws only, which rows go where (run-directory.md §2-4):
 
 1. Dedup: the first occurrence of a cleaned text (sha256) wins, in source order then document
    order; later ones are dropped as `duplicate` and counted in their own source.

@@ -1,4 +1,4 @@
-"""`llm360 prepare`: raw sources in, the data/ part of a run directory out (SPEC.md 1-4).
+"""`llm360 prepare`: raw sources in, the data/ part of a run directory out (docs/run-directory.md §1-4).
 
     prepare(cfg, "runs/demo")                    # whole thing, in this process + data.workers
 

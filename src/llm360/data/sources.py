@@ -25,7 +25,7 @@ Reading a unit yields `Record`s: a cleaned document, or a dropped one with the r
     duplicate      (counted later, by `assemble`) the same cleaned text seen before
 
 Cleaning is Unicode NFC (and a leading byte-order mark removed from files), after ftfy's
-`fix_text` for a source with `ftfy: true`; nothing else changes a document's text. uris (SPEC 2): `PATH:LINE` (1-based) for JSONL, `PATH#ROW` (0-based) for
+`fix_text` for a source with `ftfy: true`; nothing else changes a document's text. uris (run-directory.md §2): `PATH:LINE` (1-based) for JSONL, `PATH#ROW` (0-based) for
 parquet, `PATH` for a whole file, `python:MODULE.QUALNAME` for a docstring (`@N` appended for the
 N-th docstring with the same name in one module, N >= 2) and `python:pydoc_data.topics#TOPIC` for
 a language-reference topic. PATH is relative to the source root, `/`-separated.
@@ -161,7 +161,7 @@ class SourceKind:
         return path
 
     def uri(self, unit: Unit, key: int, name: str | None, before: int) -> str:
-        """The SPEC 2 uri; `before` is the records of the same file in earlier units."""
+        """The run-directory.md §2 uri; `before` is the records of the same file in earlier units."""
         return name if name is not None else unit.rel
 
     def read_one(self, root: Path, uri: str, field: str) -> str:
@@ -807,7 +807,7 @@ def _read_topics(unit: Unit) -> Iterator[Record]:
 
 
 def uri_of(unit: Unit, key: int, name: str | None, before: int = 0) -> str:
-    """The SPEC 2 uri of a record; `before` is the records of the same file in earlier units."""
+    """The run-directory.md §2 uri of a record; `before` is the records of the same file in earlier units."""
     return KINDS[unit.kind].uri(unit, key, name, before)
 
 

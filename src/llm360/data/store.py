@@ -1,7 +1,7 @@
 """Reading a prepared run's data: what the trainer, evaluation, analysis and release use.
 
     data = RunData("runs/demo")
-    rows = data.rows_at(step, rank, world)      # (B/W, seq_len + 1) int64, the step rule (SPEC 4)
+    rows = data.rows_at(step, rank, world)      # (B/W, seq_len + 1) int64, the step rule (run-directory.md §4)
     x, y = rows[:, :-1], rows[:, 1:]
     batch_at(data, step)                        # the same rows with their documents and text
 
@@ -89,7 +89,7 @@ class RunData:
         return c, j * self.global_batch_rows
 
     def rows_at(self, step: int, rank: int = 0, world: int = 1) -> np.ndarray:
-        """The rows rank `rank` of `world` trains on at global step `step` (SPEC 4), int64.
+        """The rows rank `rank` of `world` trains on at global step `step` (run-directory.md §4), int64.
 
         Rank r gets rows [j*B + r*B/W, j*B + (r+1)*B/W) of chunk step // steps_per_chunk, so the
         ranks' slices, concatenated in rank order, are the global batch.

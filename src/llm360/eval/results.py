@@ -1,4 +1,4 @@
-"""RUN/metrics/eval.jsonl and its TensorBoard mirror (SPEC.md sections 1 and 6).
+"""RUN/metrics/eval.jsonl and its TensorBoard mirror (docs/run-directory.md §1 and §6).
 
 One line per (checkpoint, task, metric):
 

@@ -285,7 +285,7 @@ def _args_from_config(facts: Facts):
 
 
 def first_batch(facts: Facts, max_rows: int = FIRST_BATCH_ROWS) -> list[dict]:
-    """The first rows that step 0 trained on, decoded, with their documents (SPEC.md 4).
+    """The first rows that step 0 trained on, decoded, with their documents (docs/run-directory.md §4).
 
     Returns [] when the data cannot be read; this is an illustration, never a check.
     """

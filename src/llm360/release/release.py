@@ -1,4 +1,4 @@
-"""`llm360 release RUN`: the cards, the report and release.json (SPEC.md section 7).
+"""`llm360 release RUN`: the cards, the report and release.json (docs/run-directory.md §7).
 
     make_release(run_dir)   # MODEL_CARD.md, DATA_CARD.md, report/index.html, release.json
     release_root(run_dir)   # sha256 of release.json: the value to publish (llm360.release.root)

@@ -1,4 +1,4 @@
-"""`llm360 verify RUN`: every byte of a release checked against release.json (SPEC.md section 7).
+"""`llm360 verify RUN`: every byte of a release checked against release.json (docs/run-directory.md §7).
 
     findings = verify(run_dir)      # [] when the release verifies; else one line per problem
 

@@ -1,4 +1,4 @@
-"""Checkpoints: a Hugging Face folder plus `trainer_state/`, written atomically (SPEC.md 1, 5).
+"""Checkpoints: a Hugging Face folder plus `trainer_state/`, written atomically (docs/run-directory.md §1-5).
 
     checkpoints/ckpt_003/
       config.json generation_config.json model.safetensors tokenizer.json ...   (llm360.model.hf)

@@ -1,4 +1,4 @@
-"""Training records (SPEC.md section 5): train.jsonl, events.jsonl, TensorBoard, env.json.
+"""Training records (docs/run-directory.md §5): train.jsonl, events.jsonl, TensorBoard, env.json.
 
 Only rank 0 writes. Each line is flushed and fsynced as it is written, so a crash loses at most
 the line in flight, and a resumed run first cuts train.jsonl back to the checkpoint it resumes

@@ -1,6 +1,6 @@
 """The trainer: the step rule, a checkpoint per chunk, exact resume, and the spike guard.
 
-Global step t trains on the rows that `RunData.rows_at(t)` names (SPEC.md section 4), whatever
+Global step t trains on the rows that `RunData.rows_at(t)` names (docs/run-directory.md §4), whatever
 the number of processes or micro-batches; `ckpt_c` is written after the last step of chunk c.
 The loop itself is short: everything else (checkpoints, records, spike guard, evaluation)
 hangs off it as named pieces.
