@@ -234,7 +234,7 @@ def bench_memorization(samples: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="llm360-bench-") as tmp:
         run = make_run(Path(tmp))
         data, cfg = RunData(run), load_run_config(run)
-        n = min(samples, data.rows_per_chunk)
+        n = min(samples, data.rows_in_chunk(0))
         t0 = time.perf_counter()
         memorization(run, checkpoints="last", chunks="0", samples=n, batch_size=batch, plots=False,
                      train_counts=False, quiet=True)
@@ -249,7 +249,7 @@ def bench_memorization(samples: int, batch: int) -> dict:
         except ImportError:
             result["transformers"] = "not installed"
             return result
-        rows = np.stack([data.chunk(0)[r, :64] for r in sample_rows(cfg.seed, 0, data.rows_per_chunk, n)]).astype(np.int64)
+        rows = np.stack([data.chunk(0)[r, :64] for r in sample_rows(cfg.seed, 0, data.rows_in_chunk(0), n)]).astype(np.int64)
         from llm360.model.generate import generate
         from llm360.model.hf import load_hf
 

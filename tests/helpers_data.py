@@ -130,7 +130,7 @@ def check_rows(run: Path, base: Path, n: int = 12, seed: int = 0, heldout: bool 
                 picks.append((data.heldout(src)[r], data.heldout_spans(src), r))
     for _ in range(n):
         c = int(rng.integers(data.n_chunks))
-        r = int(rng.integers(data.rows_per_chunk))
+        r = int(rng.integers(data.rows_in_chunk(c)))
         picks.append((data.chunk(c)[r], data.spans(c), r))
     for row, spans, r in picks:
         table = spans.to_pydict()

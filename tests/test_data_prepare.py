@@ -113,7 +113,7 @@ def test_heldout_rows_never_in_chunks(prepared):
 def test_step_rule(prepared):
     _, _, run = prepared
     data = RunData(run)
-    assert data.total_steps == 10 and data.rows_per_chunk == 8
+    assert data.total_steps == 10 and data.rows_in_chunk(0) == 8
     from llm360.data.store import batch_at
     from llm360.errors import UserError
 

@@ -32,7 +32,7 @@ def test_names_parse_and_order(tmp_path):
     (tmp_path / "checkpoints" / ".ckpt_002.tmp-99").mkdir()
     (tmp_path / "checkpoints" / "notes").mkdir()
     run = RunDir(tmp_path)
-    found = run.checkpoints(steps_per_chunk=20)
+    found = run.checkpoints(20)
     # at 20 steps, ckpt_000 and step_0000020 hold the same weights: the chunk checkpoint is last
     assert [c.name for c in found] == ["init", "step_0000020", "ckpt_000", "step_0000030", "ckpt_001"]
     assert [c.steps_done for c in found] == [0, 20, 20, 30, 40]

@@ -87,3 +87,9 @@ def test_hidden_matrices_move_at_their_scaled_rate(tiny_run):
     embed = (after["model.embed_tokens.weight"] - before["model.embed_tokens.weight"]).abs()
     assert hidden.max().item() == pytest.approx(lr0 * 0.0625, rel=1e-3)
     assert embed.max().item() == pytest.approx(lr0, rel=1e-3)
+
+
+def test_a_warmup_longer_than_its_stage_is_refused():
+    with pytest.raises(UserError, match=r"stage_schedules.main.warmup_steps \(999\) is longer than the stage"):
+        load_config("demo", ["--train.stage_schedules={main: {lr: 1.0, end_lr: 0.1, warmup_steps: 999}}",
+                             "--data.stages=[{name: main, chunks: 2, mix: {python-docs: 1.0}}]"])

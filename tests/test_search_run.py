@@ -76,7 +76,7 @@ def test_matches_never_cross_rows(run):
             query = np.concatenate([rows[r, -3:], rows[r + 1, :3]]).tolist()
             assert index.count(query) == len(brute_force(rows, query))
         window = rows[3, 10:42].tolist()
-        assert index.train_count(window) == len(brute_force(rows[:data.n_chunks * data.rows_per_chunk], window))
+        assert index.train_count(window) == len(brute_force(rows[:sum(data.rows_in_chunk(c) for c in range(data.n_chunks))], window))
 
 
 def test_cli_index_and_search(run, capsys):

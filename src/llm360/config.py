@@ -112,6 +112,8 @@ class StageConfig(Section):
     chunks: int = Field(ge=1)
     mix: dict[str, float]
     rewarm_steps: int = Field(0, ge=0)  # re-warm the LR at this stage's start (Crystal stage 3)
+    # the stage's own steps per chunk (default train.steps_per_chunk): stages of different lengths
+    steps_per_chunk: int | None = Field(None, ge=1)
     exact_mix: bool = False  # every chunk holds each source's 1/chunks of the stage's rows (Amber)
     fim: dict[str, FimConfig] = {}  # source name -> its FIM in this stage
 
@@ -341,6 +343,12 @@ class RunConfig(Section):
         if unknown:
             raise ValueError(f"train.stage_schedules names no stage {', '.join(map(repr, unknown))}; "
                              f"stages: {', '.join(stages)}")
+        for stage in self.data.stages:
+            phase = self.train.stage_schedules.get(stage.name)
+            steps = stage.chunks * (stage.steps_per_chunk or self.train.steps_per_chunk)
+            if phase is not None and phase.warmup_steps > steps:
+                raise ValueError(f"train.stage_schedules.{stage.name}.warmup_steps ({phase.warmup_steps}) is longer "
+                                 f"than the stage ({steps} steps = data.stages chunks x steps_per_chunk)")
         return self
 
 

@@ -7,8 +7,9 @@ they are called, instead of building paths or parsing checkpoint names itself:
     run = RunDir("runs/demo")
     run.manifest_path                          # RUN/data/manifest.json
     manifest = read_manifest(run)              # a typed Manifest (raises UserError when broken)
-    run.checkpoints(manifest.steps_per_chunk)  # every checkpoint folder, oldest first
-    run.select("0,3,init", spc)                # what `--checkpoints` means everywhere
+    rule = manifest.step_rule                  # which chunk and rows global step t trains on
+    run.checkpoints(rule)                      # every checkpoint folder, oldest first
+    run.select("0,3,init", rule)               # what `--checkpoints` means everywhere
     checksum_problems(run.checkpoint_dir("ckpt_003"))
 
 It imports no torch and no numpy: release verification and the report read run directories
@@ -17,7 +18,9 @@ from strangers with it, on machines that may have neither.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -80,6 +83,63 @@ def step_checkpoint_name(steps_done: int) -> str:
     return f"{STEP_PREFIX}{steps_done:07d}"
 
 
+class StepRule:
+    """Which rows global step t trains on: the chunks in order, chunk c trained by
+    `chunk_steps[c]` consecutive steps of `batch_rows` rows each, rows [j*B, (j+1)*B) at its j-th
+    step. Every chunk of a stage has the stage's steps per chunk; stages may differ (Crystal's
+    phases had 79,721, 214,387 and 27,728 steps). `ckpt_c` is written after the last step of
+    chunk c. An int stands for equal chunks of that many steps (as every run before stages could
+    differ). `default` is the length given to chunk numbers past the run's (a stray `ckpt_999`
+    still has a place in the order)."""
+
+    def __init__(self, chunk_steps: list[int], default: int, batch_rows: int = 1):
+        self.chunk_steps = [int(s) for s in chunk_steps]
+        self.default = int(default)
+        self.batch_rows = batch_rows
+        self.ends = list(itertools.accumulate(self.chunk_steps))  # steps done after each chunk
+
+    @classmethod
+    def uniform(cls, steps_per_chunk: int, n_chunks: int = 0, batch_rows: int = 1) -> StepRule:
+        return cls([steps_per_chunk] * n_chunks, steps_per_chunk, batch_rows)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_steps)
+
+    @property
+    def total_steps(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def first_step(self, chunk: int) -> int:
+        return self.ends[chunk - 1] if chunk > 0 else 0
+
+    def end(self, chunk: int) -> int:
+        """Steps done after the last step of `chunk`: what `ckpt_{chunk}` has seen."""
+        if chunk < len(self.ends):
+            return self.ends[chunk]
+        return self.total_steps + (chunk - len(self.ends) + 1) * self.default
+
+    def chunk_of(self, step: int) -> int:
+        return bisect.bisect_right(self.ends, step)
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(chunk, step within the chunk) of global step `step`."""
+        c = self.chunk_of(step)
+        return c, step - self.first_step(c)
+
+    def chunks_seen(self, steps_done: int) -> int:
+        """How many whole chunks the weights after `steps_done` steps have seen."""
+        return bisect.bisect_right(self.ends, steps_done)
+
+    def is_chunk_end(self, steps_done: int) -> bool:
+        c = bisect.bisect_left(self.ends, steps_done)
+        return c < len(self.ends) and self.ends[c] == steps_done
+
+
+def as_rule(rule: StepRule | int) -> StepRule:
+    return StepRule.uniform(rule) if isinstance(rule, int) else rule
+
+
 def _number(name: str, prefix: str) -> int | None:
     rest = name[len(prefix):] if name.startswith(prefix) else ""
     return int(rest) if rest.isascii() and rest.isdigit() else None
@@ -102,10 +162,10 @@ class CheckpointName:
             return cls("step", k)
         return None
 
-    def steps_done(self, steps_per_chunk: int) -> int:
+    def steps_done(self, rule: StepRule | int) -> int:
         """Optimizer steps the weights have seen: ckpt_c has seen chunks 0..c."""
         if self.kind == "ckpt":
-            return (self.number + 1) * steps_per_chunk
+            return as_rule(rule).end(self.number)
         return self.number if self.kind == "step" else 0
 
 
@@ -113,10 +173,10 @@ def is_checkpoint_name(name: str) -> bool:
     return CheckpointName.parse(name) is not None
 
 
-def checkpoint_order(name: str, steps_per_chunk: int) -> tuple[int, int] | None:
+def checkpoint_order(name: str, rule: StepRule | int) -> tuple[int, int] | None:
     """The sort key of a checkpoint name (steps done, tie-break); None for any other name."""
     parsed = CheckpointName.parse(name)
-    return None if parsed is None else (parsed.steps_done(steps_per_chunk), _TIE_BREAK[parsed.kind])
+    return None if parsed is None else (parsed.steps_done(rule), _TIE_BREAK[parsed.kind])
 
 
 @dataclass(frozen=True)
@@ -180,22 +240,23 @@ class RunDir:
             return []
         return sorted(p for p in self.checkpoints_dir.iterdir() if re.fullmatch(r"\..+\.tmp-\d+", p.name))
 
-    def checkpoints(self, steps_per_chunk: int) -> list[Checkpoint]:
+    def checkpoints(self, rule: StepRule | int) -> list[Checkpoint]:
         """Every checkpoint folder of the run (complete or not), oldest first; links are skipped."""
+        rule = as_rule(rule)
         found = []
         if self.checkpoints_dir.is_dir():
             for path in self.checkpoints_dir.iterdir():
                 parsed = CheckpointName.parse(path.name)
                 if parsed is not None and path.is_dir() and not path.is_symlink():
-                    found.append(Checkpoint(path.name, path, parsed.steps_done(steps_per_chunk)))
-        return sorted(found, key=lambda c: checkpoint_order(c.name, steps_per_chunk))
+                    found.append(Checkpoint(path.name, path, parsed.steps_done(rule)))
+        return sorted(found, key=lambda c: checkpoint_order(c.name, rule))
 
-    def select(self, spec: str | Iterable[str] | None, steps_per_chunk: int,
+    def select(self, spec: str | Iterable[str] | None, rule: StepRule | int,
                among: list[Checkpoint] | None = None) -> list[Checkpoint]:
         """What `--checkpoints` means for every command: `all`, `last`, or a comma list of chunk
         numbers (`0,3` = ckpt_000, ckpt_003) and names (`init`, `ckpt_007`, `step_0000500`), in
         the run's order. `among` narrows the choice (to the valid ones, say)."""
-        found = self.checkpoints(steps_per_chunk) if among is None else among
+        found = self.checkpoints(rule) if among is None else among
         if not found:
             raise UserError(f"{self.root} has no checkpoints; train it first: llm360 train {self.root}")
         if spec is None or spec == "all":
@@ -213,9 +274,9 @@ class RunDir:
                 chosen.append(info)
         return sorted(chosen, key=found.index)
 
-    def resolve(self, spec: str | int, steps_per_chunk: int) -> Checkpoint:
+    def resolve(self, spec: str | int, rule: StepRule | int) -> Checkpoint:
         """One checkpoint by number (a chunk checkpoint) or name; UserError when there is none."""
-        return self.select(str(spec).strip() or "?", steps_per_chunk)[0]
+        return self.select(str(spec).strip() or "?", rule)[0]
 
     @staticmethod
     def _find(item: str, found: list[Checkpoint]) -> Checkpoint | None:
@@ -384,6 +445,7 @@ class StageInfo(_Record):
     chunks: int = 0
     mix: dict = field(default_factory=dict)
     rewarm_steps: int = 0
+    steps_per_chunk: int | None = None  # None: the run's (manifest steps_per_chunk)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -393,6 +455,8 @@ class StageInfo(_Record):
     def _check(self, where):
         _int(self.first_chunk, f"{where}.first_chunk")
         _int(self.chunks, f"{where}.chunks", 1)
+        if self.steps_per_chunk is not None:
+            _int(self.steps_per_chunk, f"{where}.steps_per_chunk", 1)
 
     def holds(self, chunk: int) -> bool:
         return self.first_chunk <= chunk < self.first_chunk + self.chunks
@@ -497,7 +561,22 @@ class Manifest:
 
     @property
     def total_steps(self) -> int:
-        return self.n_chunks * self.steps_per_chunk
+        return self.step_rule.total_steps
+
+    @property
+    def step_rule(self) -> StepRule:
+        """Steps per chunk, chunk by chunk: its stage's, else the run's."""
+        rule = getattr(self, "_rule", None)
+        if rule is None:
+            steps = [self.steps_per_chunk] * self.n_chunks
+            for stage in self.stages:
+                for c in range(stage.first_chunk, min(stage.first_chunk + stage.chunks, self.n_chunks)):
+                    steps[c] = stage.steps_per_chunk or self.steps_per_chunk
+            rule = self._rule = StepRule(steps, self.steps_per_chunk, self.global_batch_rows)
+        return rule
+
+    def rows_of_chunk(self, chunk: int) -> int:
+        return self.step_rule.chunk_steps[chunk] * self.global_batch_rows
 
     @property
     def tokens_per_step(self) -> int:
@@ -512,8 +591,21 @@ class Manifest:
 
     def stage_steps(self) -> list[tuple[str, int, int, int]]:
         """(name, first step, steps, re-warm steps) of each stage, for the learning-rate schedule."""
-        spc = self.steps_per_chunk
-        return [(s.name, s.first_chunk * spc, s.chunks * spc, s.rewarm_steps) for s in self.stages]
+        rule = self.step_rule
+        return [(s.name, rule.first_step(s.first_chunk), rule.end(s.first_chunk + s.chunks - 1)
+                 - rule.first_step(s.first_chunk), s.rewarm_steps) for s in self.stages]
+
+
+def step_rule_of(manifest: object) -> StepRule | None:
+    """The step rule of a manifest read as plain JSON from anywhere (verify, the report): None
+    when the manifest cannot say it."""
+    try:
+        return Manifest.from_json(manifest).step_rule
+    except (UserError, TypeError, ValueError, KeyError):
+        spc = manifest.get("steps_per_chunk") if isinstance(manifest, dict) else None
+        ok = isinstance(spc, int) and not isinstance(spc, bool) and spc > 0
+        chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
+        return StepRule.uniform(spc, len(chunks) if isinstance(chunks, list) else 0) if ok else None
 
 
 def compute_fingerprint(manifest: dict | Manifest) -> str:

@@ -28,7 +28,7 @@ search index (llm360.analysis.search), which is built on the way when it is miss
 an index backend is installed and the run has under 2B tokens; else it stays empty.
 
 `seen` says whether the checkpoint had trained on the chunk: ckpt_c has seen chunks 0..c, and
-a checkpoint after K steps has seen chunk c when (c + 1) * steps_per_chunk <= K. Unseen chunks
+a checkpoint after K steps has seen chunk c when chunk c's last step is before K. Unseen chunks
 are the control: a model cannot have memorized them. Per row, `seen` is exact: the row's step
 came before the checkpoint and its batch was not skipped by the spike guard.
 
@@ -56,7 +56,7 @@ from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.model.generate import generate
 from llm360.model.hf import load_hf
-from llm360.rundir import STATE_FILE, RunDir, checkpoint_problems
+from llm360.rundir import STATE_FILE, RunDir, StepRule, as_rule, checkpoint_problems
 from llm360.utils import append_jsonl, fsync_dir
 
 SCORE_COLUMNS = ("checkpoint", "step", "chunk", "row", "row_step", "seen", "score", "matched", "extractable",
@@ -73,8 +73,8 @@ def sample_rows(seed: int, chunk: int, rows_per_chunk: int, samples: int) -> np.
     return np.sort(rng.permutation(rows_per_chunk)[:min(samples, rows_per_chunk)])
 
 
-def has_seen(chunk: int, steps_done: int, steps_per_chunk: int) -> bool:
-    return (chunk + 1) * steps_per_chunk <= steps_done
+def has_seen(chunk: int, steps_done: int, rule: StepRule | int) -> bool:
+    return as_rule(rule).end(chunk) <= steps_done
 
 
 def parse_chunks(spec, n_chunks: int) -> list[int]:
@@ -208,26 +208,27 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
     if k + l > width:
         raise UserError(f"analysis.memorization needs prompt_tokens + continuation_tokens = {k + l} tokens "
                         f"from each row, but rows have {width}")
-    spc, gbr = data.steps_per_chunk, data.global_batch_rows
+    rule, gbr = data.rule, data.global_batch_rows
     samples = samples if samples is not None else mcfg.samples_per_chunk
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
-    n = min(samples, data.rows_per_chunk)
     batch_size = batch_size or mcfg.batch_size
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     # checkpoints are renamed into place when complete; their hashes are checked before loading
-    chosen = RunDir(run_dir).select(checkpoints if checkpoints is not None else mcfg.checkpoints, spc)
+    chosen = RunDir(run_dir).select(checkpoints if checkpoints is not None else mcfg.checkpoints, rule)
     chunk_list = parse_chunks(chunks, data.n_chunks)
-    rows_of = {c: sample_rows(cfg.seed, c, data.rows_per_chunk, n) for c in chunk_list}
+    rows_of = {c: sample_rows(cfg.seed, c, data.rows_in_chunk(c), samples) for c in chunk_list}
+    n = max(len(r) for r in rows_of.values())  # the most rows of one chunk (chunks may differ in size)
 
     folder = out_dir(run_dir)
     consolidate(run_dir)  # fold in what an interrupted run committed
-    done = {(r["checkpoint"], r["chunk"]) for r in read_summary(run_dir)
-            if r.get("n") == n and r.get("prompt_tokens") == k and r.get("continuation_tokens") == l}
+    done = {(r["checkpoint"], r["chunk"]) for r in read_summary(run_dir) if r.get("chunk") in rows_of
+            and r.get("n") == len(rows_of[r["chunk"]]) and r.get("prompt_tokens") == k
+            and r.get("continuation_tokens") == l}
     todo = [(info, [c for c in chunk_list if (info.name, c) not in done]) for info in chosen]
     todo = [(info, cs) for info, cs in todo if cs]
-    total = sum(len(cs) for _, cs in todo) * n
+    total = sum(len(rows_of[c]) for _, cs in todo for c in cs)
     if todo:
         console.print(f"memorization: {len(todo)} checkpoint(s) x up to {len(chunk_list)} chunk(s) x {n} rows, "
                       f"prompt {k} + continuation {l} tokens, on {device}")
@@ -244,7 +245,7 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
                 found = checkpoint_problems(info)
                 if found:
                     console.print(f"[yellow]skipping checkpoint {info.name}[/]: {escape(found[0])}")
-                    bar.advance(task, len(cs) * n)
+                    bar.advance(task, sum(len(rows_of[c]) for c in cs))
                     continue
                 model, _ = load_hf(info.path, device=device)
                 jobs = [(c, r) for c in cs for r in rows_of[c]]
@@ -257,7 +258,7 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
                     for (c, r), m in zip(batch, matched):
                         pending[c].append((int(r), int(m)))
                         if len(pending[c]) == len(rows_of[c]):
-                            _commit(folder, info, c, pending.pop(c), k, l, spc, gbr)
+                            _commit(folder, info, c, pending.pop(c), k, l, rule, gbr)
                     scored += len(batch)
                     bar.update(task, advance=len(batch),
                                speed=f"{scored / max(time.perf_counter() - started, 1e-9):.1f} rows/s")
@@ -280,13 +281,13 @@ def skipped_steps(checkpoint: Path) -> list[int]:
     return json.loads(path.read_text()).get("skipped_steps", []) if path.exists() else []
 
 
-def _commit(folder: Path, info, chunk: int, scored: list[tuple[int, int]], k: int, l: int, spc: int,
+def _commit(folder: Path, info, chunk: int, scored: list[tuple[int, int]], k: int, l: int, rule: StepRule,
             gbr: int) -> dict:
     """Write one pair's scores (atomically), then its summary line, which commits it."""
     rows = np.array([r for r, _ in scored], dtype=np.int64)
     matched = np.array([m for _, m in scored], dtype=np.int64)
     now = time.time()
-    row_step = chunk * spc + rows // gbr
+    row_step = rule.first_step(chunk) + rows // gbr
     n = len(rows)
     # a row of a batch that the spike guard skipped was never trained on, though its step passed
     seen = (row_step < info.steps_done) & ~np.isin(row_step, skipped_steps(info.path))
@@ -294,7 +295,7 @@ def _commit(folder: Path, info, chunk: int, scored: list[tuple[int, int]], k: in
                "row": rows, "row_step": row_step, "seen": seen, "score": matched / l,
                "matched": matched, "extractable": matched == l, "train_count": [None] * n, "time": np.full(n, now)}
     _write_parquet(_scores_table(columns), folder / ".parts" / f"{info.name}__{chunk:06d}.parquet")
-    record = {"checkpoint": info.name, "chunk": chunk, "seen": has_seen(chunk, info.steps_done, spc), "n": n,
+    record = {"checkpoint": info.name, "chunk": chunk, "seen": has_seen(chunk, info.steps_done, rule), "n": n,
               "mean_score": float(matched.mean() / l) if n else 0.0,
               "extractable_frac": float((matched == l).mean()) if n else 0.0,
               "histogram": np.bincount(matched, minlength=l + 1).tolist(),
@@ -313,7 +314,7 @@ def _train_counter(run_dir: Path, data, length: int, console):
     try:
         index = search.RunIndex(run_dir, data)
     except UserError as why:
-        tokens = data.n_chunks * data.rows_per_chunk * (data.seq_len + 1)
+        tokens = sum(data.rows_in_chunk(c) for c in range(data.n_chunks)) * (data.seq_len + 1)
         if not search.available_backends():
             console.print(f"[yellow]train_count left empty[/]: {why}; building it needs {search.EXTRA_HINT}")
             return None

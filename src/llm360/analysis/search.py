@@ -409,7 +409,8 @@ def build_index(run_dir: str | Path, *, backend: str | None = None, mem_bytes: i
             yield {"kind": "heldout", "source": source}, data.heldout(source)
 
     meta = {"fingerprint": data.fingerprint, "chunk_sha256": _chunk_hashes(data),
-            "steps_per_chunk": data.steps_per_chunk, "global_batch_rows": data.global_batch_rows}
+            "steps_per_chunk": data.steps_per_chunk, "global_batch_rows": data.global_batch_rows,
+            "chunk_first_steps": [data.rule.first_step(c) for c in range(data.n_chunks)]}
     if quiet:
         return build_token_index(index_dir(run_dir), blocks(), data.vocab_size, backend=backend, mem_bytes=mem_bytes,
                                  cpus=cpus, meta=meta)
@@ -476,7 +477,9 @@ class RunIndex(TokenIndex):
         first = docs[0] if docs else {}
         if seg["kind"] == "chunk":
             c = seg["chunk"]
-            step = c * self.info["steps_per_chunk"] + local // self.info["global_batch_rows"]
+            firsts = self.info.get("chunk_first_steps")  # stages may differ in steps per chunk
+            first_step = firsts[c] if firsts else c * self.info["steps_per_chunk"]
+            step = first_step + local // self.info["global_batch_rows"]
             out = {"heldout": False, "chunk": c, "row": local, "offset": offset, "step": step,
                    "source": first.get("source")}
         else:

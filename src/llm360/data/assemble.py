@@ -158,7 +158,6 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
     progress = progress or Progress()
     data = cfg.data
     L = data.seq_len + 1
-    R = cfg.train.global_batch_rows * cfg.train.steps_per_chunk
     dtype = np.dtype(tok["dtype"])
     names = [s.name for s in plan.sources]
     for sub in ("chunks", "heldout"):
@@ -206,12 +205,14 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
         train_rows.append(train)
 
     stages = _stage_plan(cfg, names, n_rows)
+    B = cfg.train.global_batch_rows
     width = pad_width(sum(st["chunks"] for st in stages))
     progress.start("write chunks", sum(st["chunks"] for st in stages))
     draw = RowDraw(cfg.seed, names, train_rows)
     fim_ids = tok.get("fim_tokens", {})
     chunk_entries, stage_entries = [], []
     for si, st in enumerate(stages):
+        R = B * st["steps_per_chunk"]  # this stage's rows per chunk
         src_all, row_all, entry = draw.stage(si, st, R, first_chunk=len(chunk_entries))
         stage_entries.append(entry)
         stage_fim = FimRows(cfg.seed, [st["fim"].get(n) for n in names], doc_tokens, fim_ids) if fim_ids else None
@@ -252,7 +253,7 @@ def assemble(cfg, plan: Plan, shards: list[tuple[Path, dict]], tok: dict, data_d
         "row_tokens": L,
         "global_batch_rows": cfg.train.global_batch_rows,
         "steps_per_chunk": cfg.train.steps_per_chunk,
-        "rows_per_chunk": R,
+        "rows_per_chunk": B * cfg.train.steps_per_chunk,  # the run's; a stage may have its own
         "dtype": dtype.name,
         "tokenizer": {k: v for k, v in tok.items() if k not in ("path", "dtype", "plan_id")},
         "sources": sources,
@@ -439,6 +440,8 @@ class RowDraw:
             "mix": st["mix"], "rows_per_source": rows_per_source, "epochs": epochs,
             "permutations": permutations, "rewarm_steps": st["rewarm_steps"],
         }
+        if st["steps_per_chunk"] is not None and st["own_steps"]:
+            entry["steps_per_chunk"] = st["steps_per_chunk"]
         if st["exact_mix"]:
             entry["exact_mix"] = True
         if st["fim"]:
@@ -530,9 +533,11 @@ class FimRows:
 
 def _stage_plan(cfg, names: list[str], n_rows: np.ndarray) -> list[dict]:
     """The configured stages, or one stage `all` that takes every source's rows once."""
+    spc = cfg.train.steps_per_chunk
     stages = [
         {"name": st.name, "chunks": st.chunks, "mix": dict(st.mix), "rewarm_steps": st.rewarm_steps,
-         "exact_mix": st.exact_mix, "fim": {n: f for n, f in st.fim.items() if f.rate > 0}}
+         "exact_mix": st.exact_mix, "fim": {n: f for n, f in st.fim.items() if f.rate > 0},
+         "steps_per_chunk": st.steps_per_chunk or spc, "own_steps": st.steps_per_chunk not in (None, spc)}
         for st in cfg.data.stages
     ]
     if stages:
@@ -546,4 +551,4 @@ def _stage_plan(cfg, names: list[str], n_rows: np.ndarray) -> list[dict]:
             f"({R} rows = train.global_batch_rows x train.steps_per_chunk); add data or lower those"
         )
     return [{"name": "all", "chunks": chunks, "mix": {n: float(r) for n, r in train.items() if r > 0}, "rewarm_steps": 0,
-             "exact_mix": False, "fim": {}}]
+             "exact_mix": False, "fim": {}, "steps_per_chunk": spc, "own_steps": False}]

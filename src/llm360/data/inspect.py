@@ -32,7 +32,7 @@ def cli_batch(args) -> int:
     c, first = data.step_location(args.step)
     stage = data.stage_of_chunk(c)
     print(printable(f"step {args.step}: chunk {c} (stage {stage.index} {stage.name}), rows {first}.."
-                    f"{first + data.global_batch_rows - 1} of {data.rows_per_chunk}; fingerprint {data.fingerprint[:16]}"))
+                    f"{first + data.global_batch_rows - 1} of {data.rows_in_chunk(c)}; fingerprint {data.fingerprint[:16]}"))
     for row in rows:
         print(printable(f"\n=== row {row['row']}  source {row['source']}"))
         for s in row["spans"]:

@@ -32,8 +32,8 @@ class RunData:
         self.seq_len: int = m.seq_len
         self.row_tokens: int = m.row_tokens
         self.global_batch_rows: int = m.global_batch_rows
-        self.steps_per_chunk: int = m.steps_per_chunk
-        self.rows_per_chunk: int = m.rows_per_chunk
+        self.rule = m.step_rule  # chunk and rows of each step; stages may have their own chunk lengths
+        self.steps_per_chunk: int = m.steps_per_chunk  # the run's; see `rule` for a stage's own
         self.n_chunks: int = m.n_chunks
         self.total_steps: int = m.total_steps
         self.fingerprint: str = m.fingerprint
@@ -47,8 +47,11 @@ class RunData:
         self._tokenizer = None
 
     def __repr__(self) -> str:
-        return (f"RunData({str(self.run_dir)!r}: {self.n_chunks} chunks x {self.rows_per_chunk} rows x "
-                f"{self.row_tokens} tokens, {self.total_steps} steps, fingerprint {self.fingerprint[:12]})")
+        return (f"RunData({str(self.run_dir)!r}: {self.n_chunks} chunks of {self.row_tokens}-token rows, "
+                f"{self.total_steps} steps, fingerprint {self.fingerprint[:12]})")
+
+    def rows_in_chunk(self, c: int) -> int:
+        return self.manifest.rows_of_chunk(c)
 
     # -- tokenizer
 
@@ -71,7 +74,7 @@ class RunData:
         return self.manifest.chunks[c]
 
     def chunk(self, c: int) -> np.ndarray:
-        """Chunk c as a read-only memmap, shape (rows_per_chunk, seq_len + 1), in training order."""
+        """Chunk c as a read-only memmap, shape (rows of the chunk, seq_len + 1), in training order."""
         arr = self._chunks.get(c)
         if arr is None:
             entry = self._check_chunk(c)
@@ -82,16 +85,16 @@ class RunData:
         return arr
 
     def step_location(self, step: int) -> tuple[int, int]:
-        """(chunk, first row) of global step `step`: c = step // steps_per_chunk, row j * B."""
+        """(chunk, first row) of global step `step`: its chunk c, and row j * B at the chunk's j-th step."""
         if not 0 <= step < self.total_steps:
             raise UserError(f"step {step} is outside the run: steps are 0..{self.total_steps - 1}")
-        c, j = divmod(int(step), self.steps_per_chunk)
+        c, j = self.rule.locate(int(step))
         return c, j * self.global_batch_rows
 
     def rows_at(self, step: int, rank: int = 0, world: int = 1) -> np.ndarray:
         """The rows rank `rank` of `world` trains on at global step `step` (run-directory.md §4), int64.
 
-        Rank r gets rows [j*B + r*B/W, j*B + (r+1)*B/W) of chunk step // steps_per_chunk, so the
+        Rank r gets rows [j*B + r*B/W, j*B + (r+1)*B/W) of the step's chunk, so the
         ranks' slices, concatenated in rank order, are the global batch.
         """
         B = self.global_batch_rows
@@ -200,8 +203,9 @@ class RunData:
             path = self.data_dir / entry.file
             if path.exists() and not any(p.startswith(f"data/{entry.file}") for p in problems):
                 shape = np.load(path, mmap_mode="r").shape
-                if shape != (self.rows_per_chunk, self.row_tokens):
-                    problems.append(f"data/{entry.file}: shape {shape}, expected {(self.rows_per_chunk, self.row_tokens)}")
+                expected = (self.rows_in_chunk(int(c)), self.row_tokens)
+                if shape != expected:
+                    problems.append(f"data/{entry.file}: shape {shape}, expected {expected}")
         return problems
 
 

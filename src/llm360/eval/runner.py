@@ -27,7 +27,7 @@ from llm360.data.store import RunData
 from llm360.eval.harness import Harness, get_harness
 from llm360.eval.results import EvalLog, TensorBoard
 from llm360.eval.tasks import HeldoutTask, Task, resolve_tasks
-from llm360.rundir import RunDir, checkpoint_problems, read_trainer_state
+from llm360.rundir import RunDir, StepRule, checkpoint_problems, read_manifest, read_trainer_state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,6 +66,15 @@ def load_eval_config(run_dir: Path, overrides: list[str]) -> EvalConfig:
     return validate(tree, source=f"{run_dir}/run.yaml").eval
 
 
+def _step_rule(run_dir: Path) -> StepRule:
+    """The run's step rule; a run with checkpoints but no data (a model brought to be evaluated)
+    has equal chunks of train.steps_per_chunk."""
+    run = RunDir(run_dir)
+    if run.manifest_path.exists():
+        return read_manifest(run).step_rule
+    return StepRule.uniform(load_run_config(run_dir).train.steps_per_chunk)
+
+
 class DamagedCheckpoint(UserError):
     """A checkpoint whose files do not match its CHECKSUMS.sha256: never evaluated."""
 
@@ -75,8 +84,7 @@ def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig, *, checkpoints: str 
                  console=None, show: str = "new") -> list[dict]:
     """Evaluate the chosen checkpoints of a run; the records of every (checkpoint, task) asked for."""
     run_dir = Path(run_dir)
-    steps_per_chunk = load_run_config(run_dir).train.steps_per_chunk
-    infos = RunDir(run_dir).select(checkpoints, steps_per_chunk)
+    infos = RunDir(run_dir).select(checkpoints, _step_rule(run_dir))
     records, refused = [], []
     for info in infos:
         try:
@@ -101,8 +109,7 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
     was evaluated, "all": always); return its records for those tasks (new and on record)."""
     scorer = get_harness(harness)
     run_dir = Path(run_dir)
-    steps_per_chunk = load_run_config(run_dir).train.steps_per_chunk
-    infos = {c.name: c for c in RunDir(run_dir).checkpoints(steps_per_chunk)}
+    infos = {c.name: c for c in RunDir(run_dir).checkpoints(_step_rule(run_dir))}
     if name not in infos:
         raise UserError(f"no checkpoint {name!r} in {run_dir}; checkpoints: {', '.join(infos) or '(none)'}")
     info = infos[name]

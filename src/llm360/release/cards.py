@@ -106,7 +106,8 @@ def model_card(facts: Facts, config_sha256: str | None) -> str:
         md_table(["", ""], [
             ["Batch", f"{facts.batch_rows} rows x {facts.seq_len} tokens = {thousands(facts.tokens_per_step)} "
                       "tokens per step"],
-            ["Steps per chunk", thousands(facts.steps_per_chunk)],
+            ["Steps per chunk", " / ".join(thousands(n) for n in dict.fromkeys(facts.rule.chunk_steps))
+             or thousands(facts.steps_per_chunk)],
             ["Optimizer", f"AdamW, betas {md(train.get('betas'))}, eps {md(train.get('eps'))}, weight decay "
                           f"{md(train.get('weight_decay'))}, gradient clipping {md(train.get('grad_clip'))}"],
             ["Learning rate", f"peak {md(train.get('lr'))}, linear warmup {md(train.get('warmup_steps'))} steps, "
@@ -204,7 +205,8 @@ def _stage_table(facts: Facts) -> str:
         first, n = s.get("first_chunk", 0), s.get("chunks", 0)
         rows.append([str(s.get("index", i)), md(s.get("name")),
                      f"{first}..{first + n - 1}" if n else "-",
-                     f"{thousands(first * facts.steps_per_chunk)}..{thousands((first + n) * facts.steps_per_chunk - 1)}"
+                     "{}..{}".format(*(thousands(x) for x in (facts.stage_steps(first, n)[0],
+                                                             facts.stage_steps(first, n)[1] - 1)))
                      if n else "-",
                      _mix(s.get("mix")), md(s.get("rewarm_steps") or 0)])
     return md_table(["#", "stage", "chunks", "steps", "mixture", "LR re-warm steps"], rows)
@@ -331,8 +333,7 @@ def data_card(facts: Facts) -> str:
             ["Sources", str(len(sources))],
             ["Documents kept", thousands(docs_kept)],
             ["Tokens after cleaning", f"{thousands(tokens)} ({human(tokens)})"],
-            ["Training chunks", f"{len(facts.chunks)} x {thousands(facts.steps_per_chunk * facts.batch_rows)} rows "
-                                f"of {facts.seq_len} + 1 tokens"],
+            ["Training chunks", f"{len(facts.chunks)}, of {_chunk_rows(facts)} rows of {facts.seq_len} + 1 tokens"],
             ["Tokens in chunks", f"{thousands(chunk_tokens)} ({human(chunk_tokens)})"],
             ["Stages", str(len(facts.stages))],
             ["Tokenizer", f"byte-level BPE, {md(tok.get('vocab_size', '-'))} tokens"],
@@ -366,9 +367,9 @@ def data_card(facts: Facts) -> str:
     if filters:
         parts += ["### Filters", "", ", ".join(f"{md(k)}: {md(v)}" for k, v in filters.items()) + ".", ""]
     parts += ["## Stages and mixtures", "", _stage_detail(facts), "", "## Chunks", "",
-              "Chunk c holds the rows of steps c x steps_per_chunk to (c + 1) x steps_per_chunk - 1; step t trains "
-              "on rows [j x B, (j + 1) x B) of chunk t // steps_per_chunk, j = t % steps_per_chunk, "
-              f"B = {facts.batch_rows}. `llm360 data batch RUN --step T` prints them.", "",
+              "Chunk c holds the rows of its steps in order: at its j-th step, the model trains on rows "
+              f"[j x B, (j + 1) x B), B = {facts.batch_rows}; the chunks of a stage have its steps per chunk "
+              "(the stages table). `llm360 data batch RUN --step T` prints the rows of any step.", "",
               _chunk_table(facts), "", "## Held-out data", "",
               "Each source keeps rows out of training in `data/heldout/<source>.npy`: "
               + (", ".join(f"{md(s.get('name'))} {thousands(s.get('heldout_rows'))}" for s in sources) or "none")
@@ -390,6 +391,12 @@ def _source_kind(source: dict) -> str:
         python = f", Python {source['python']}" if source.get("python") else ""
         return f"{source['builtin']}{python}"
     return str(source.get("kind", "-"))
+
+
+def _chunk_rows(facts: Facts) -> str:
+    """Rows per chunk: one number, or each distinct one when stages differ."""
+    sizes = sorted({steps * facts.batch_rows for steps in facts.rule.chunk_steps}) or [facts.steps_per_chunk * facts.batch_rows]
+    return " or ".join(thousands(n) for n in sizes)
 
 
 def _stage_detail(facts: Facts) -> str:

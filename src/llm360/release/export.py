@@ -26,7 +26,7 @@ LEFT_BEHIND = (f"{STATE_DIR}/", CHECKSUMS_FILE)
 def export_hf(run_dir: str | Path, checkpoint: str, out: str | Path) -> Path:
     run_dir, out = Path(run_dir), Path(out)
     facts = gather(run_dir)
-    folder = RunDir(run_dir).resolve(checkpoint, facts.steps_per_chunk).path
+    folder = RunDir(run_dir).resolve(checkpoint, facts.rule).path
     name = folder.name
     if folder.is_symlink():
         raise UserError(f"{folder} is a symbolic link; refusing to export it")
@@ -72,14 +72,14 @@ def export_hf(run_dir: str | Path, checkpoint: str, out: str | Path) -> Path:
 
 def readme(facts: Facts, name: str, row: dict | None) -> str:
     m = facts.model
-    spc = facts.steps_per_chunk
-    steps = row["step"] if row else CheckpointName.parse(name).steps_done(spc)
-    chunks_seen = steps // spc
+    rule = facts.rule
+    steps = row["step"] if row else CheckpointName.parse(name).steps_done(rule)
+    chunks_seen = rule.chunks_seen(steps)
     tokens = row["tokens"] if row else steps * facts.tokens_per_step
     skipped = [s for s in facts.skipped_batches() if s["step"] < steps]
     seen = (f"chunks 0..{chunks_seen - 1}" if chunks_seen else "no data (the initial weights)")
-    if steps % spc and steps:
-        seen += f" and steps {chunks_seen * spc}..{steps - 1} of chunk {chunks_seen}"
+    if steps and not rule.is_chunk_end(steps):
+        seen += f" and steps {rule.first_step(chunks_seen)}..{steps - 1} of chunk {chunks_seen}"
     params = m.get("parameters")
     licenses = sorted({str(s.get("license")) for s in facts.sources if s.get("license")})
     lines = [

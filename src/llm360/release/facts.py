@@ -19,7 +19,7 @@ import yaml
 from llm360.model.args import model_args, num_params
 from llm360.release.files import unsafe_path
 from llm360.rundir import (EVAL_LOG, EVENTS_LOG, MANIFEST_FILE, MEMORIZATION_DIR, STATE_FILE, TRAIN_LOG,
-                           RunDir, read_checksums)
+                           RunDir, StepRule, read_checksums, step_rule_of)
 from llm360.release.files import parse_json, shallow
 from llm360.utils import read_jsonl_report
 
@@ -63,8 +63,17 @@ class Facts:
         return value if isinstance(value, str) else None  # the cards slice and show it
 
     @property
+    def rule(self) -> StepRule:
+        """The step rule as the manifest says it (stages may have their own steps per chunk)."""
+        return step_rule_of(self.manifest) or StepRule.uniform(self.steps_per_chunk, len(self.chunks), self.batch_rows)
+
+    @property
     def total_steps(self) -> int:
-        return len(self.chunks) * self.steps_per_chunk
+        return self.rule.total_steps
+
+    def stage_steps(self, first_chunk: int, chunks: int) -> tuple[int, int]:
+        """(first step, end step) of the chunks first_chunk .. first_chunk + chunks - 1."""
+        return self.rule.first_step(first_chunk), self.rule.end(first_chunk + chunks - 1)
 
     @property
     def tokens_per_step(self) -> int:
@@ -178,7 +187,7 @@ def gather(run_dir: str | Path) -> Facts:
         batch_rows=_count(manifest.get("global_batch_rows"), train_cfg.get("global_batch_rows"), 1),
         seq_len=_count(manifest.get("seq_len"), data_cfg.get("seq_len"), 0),
     )
-    facts.checkpoints = checkpoint_table(run_dir, facts.steps_per_chunk, facts.tokens_per_step)
+    facts.checkpoints = checkpoint_table(run_dir, facts.rule, facts.tokens_per_step)
     facts.model = model_facts(run_dir, facts)
     return facts
 
@@ -211,10 +220,10 @@ def _count(*candidates: object) -> int:
 # -- checkpoints --------------------------------------------------------------------------------
 
 
-def checkpoint_table(run_dir: Path, steps_per_chunk: int, tokens_per_step: int) -> list[dict]:
+def checkpoint_table(run_dir: Path, rule: StepRule, tokens_per_step: int) -> list[dict]:
     """name, step (optimizer steps the weights have seen), tokens, chunks_seen, per checkpoint."""
     rows = []
-    for info in RunDir(run_dir).checkpoints(steps_per_chunk):
+    for info in RunDir(run_dir).checkpoints(rule):
         state = _read_json(info.path / STATE_FILE)
         tokens = state.get("tokens")
         sums = read_checksums(info.path)
@@ -222,7 +231,7 @@ def checkpoint_table(run_dir: Path, steps_per_chunk: int, tokens_per_step: int) 
             "name": info.name,
             "step": info.steps_done,
             "tokens": int(tokens) if _finite(tokens) else info.steps_done * tokens_per_step,
-            "chunks_seen": info.steps_done // steps_per_chunk,
+            "chunks_seen": rule.chunks_seen(info.steps_done),
             "weights_sha256": sums.get("model.safetensors") or sums.get("model.safetensors.index.json"),
             "skipped_steps": [s for s in _list(state.get("skipped_steps")) if isinstance(s, int)],
         })

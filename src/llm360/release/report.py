@@ -61,7 +61,8 @@ def _stages(facts: Facts) -> list[dict]:
     for i, s in enumerate(facts.stages):
         first, n = int(s.get("first_chunk", 0) or 0), int(s.get("chunks", 0) or 0)
         out.append({"name": str(s.get("name", i)), "first_chunk": first, "chunks": n,
-                    "first_step": first * facts.steps_per_chunk, "end_step": (first + n) * facts.steps_per_chunk})
+                    "first_step": facts.stage_steps(first, n)[0] if n else 0,
+                    "end_step": facts.stage_steps(first, n)[1] if n else 0})
     return out
 
 
@@ -309,8 +310,8 @@ def _data_section(facts: Facts, data: dict, samples: list[dict]) -> str:
                    + "</details>")
     out.append("<h3>What the model saw first: the rows of step 0, decoded</h3>")
     if samples:
-        out.append(f'<p class="note">Step t trains on rows [j·B, (j+1)·B) of chunk t // steps_per_chunk '
-                   f'(j = t mod steps_per_chunk, B = {facts.batch_rows}); <code>llm360 data batch RUN --step T</code> '
+        out.append(f'<p class="note">At the j-th step of a chunk the model trains on its rows [j·B, (j+1)·B) '
+                   f'(B = {facts.batch_rows}); <code>llm360 data batch RUN --step T</code> '
                    'prints any step. The text is shown exactly as decoded from the tokens.</p>')
         for s in samples:
             docs = ", ".join(f"{d.get('uri') or d.get('doc_id')}" for d in s["documents"])

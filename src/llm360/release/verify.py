@@ -31,7 +31,7 @@ from pathlib import Path
 
 from llm360.errors import UserError
 from llm360.rundir import (ANALYSIS_DIR, CHECKPOINTS_DIR, CHECKSUMS_FILE, MANIFEST_FILE, METRICS_DIR, STATE_FILE,
-                           checkpoint_order, compute_fingerprint, is_checkpoint_name, parse_checksums)
+                           checkpoint_order, compute_fingerprint, is_checkpoint_name, parse_checksums, step_rule_of)
 from llm360.rundir import RELEASE_FILE, RELEASE_FORMAT
 from llm360.release.files import (Scan, hash_files, link_leaves, parse_json, scan_tree,
                                   through_link, unsafe_path)
@@ -394,7 +394,7 @@ def _check_checkpoints(run_dir: Path, record: dict, scan: Scan, hashes: dict[str
         if name is not None:
             folders.setdefault(name, []).append(rel)
     manifest = _read_json(run_dir, MANIFEST_FILE, scan)
-    spc = manifest.get("steps_per_chunk") if isinstance(manifest, dict) else None
+    rule = step_rule_of(manifest)  # None when the manifest cannot say it (already a finding)
     tokens_per_step = None
     if isinstance(manifest, dict) and isinstance(manifest.get("global_batch_rows"), int) \
             and isinstance(manifest.get("seq_len"), int):
@@ -442,16 +442,16 @@ def _check_checkpoints(run_dir: Path, record: dict, scan: Scan, hashes: dict[str
         if name not in folders:
             findings.append(Finding(base, "missing", "in release.json's checkpoint table, but the folder is missing"))
             continue
-        if isinstance(spc, int) and spc > 0:
-            steps = checkpoint_order(name, spc)[0]
-            if row.get("step") != steps or row.get("chunks_seen") != steps // spc:
+        if rule is not None:
+            steps = checkpoint_order(name, rule)[0]
+            if row.get("step") != steps or row.get("chunks_seen") != rule.chunks_seen(steps):
                 findings.append(Finding(base, "inconsistent", f"release.json says step {brief(row.get('step'))}, chunks_seen "
                                                               f"{brief(row.get('chunks_seen'))}; the name means step {steps}"))
         state = _read_json(run_dir, f"{base}/{STATE_FILE}", scan)
         if isinstance(state, dict):
             tokens = state.get("tokens")
-            if tokens is None and isinstance(spc, int) and tokens_per_step:
-                tokens = checkpoint_order(name, spc)[0] * tokens_per_step
+            if tokens is None and rule is not None and tokens_per_step:
+                tokens = checkpoint_order(name, rule)[0] * tokens_per_step
             if tokens is not None and row.get("tokens") != tokens:
                 findings.append(Finding(base, "inconsistent", f"release.json says {brief(row.get('tokens'))} tokens, the "
                                                               f"checkpoint's state says {brief(tokens)}"))

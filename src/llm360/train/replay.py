@@ -51,10 +51,11 @@ def replay(run_dir: str | Path, checkpoint: str | int) -> dict:
     cfg = load_run_config(run_dir)
     data = RunData(run_dir)
     c = chunk_number(str(checkpoint), data.n_chunks)
-    spc = data.steps_per_chunk
+    rule = data.rule
+    first, end = rule.first_step(c), rule.end(c)  # chunk c: steps first..end - 1
     target_name = chunk_checkpoint_name(c, data.n_chunks)
     start_name = "init" if c == 0 else chunk_checkpoint_name(c - 1, data.n_chunks)
-    infos = {i.name: i for i in data.run.checkpoints(spc)}
+    infos = {i.name: i for i in data.run.checkpoints(rule)}
     for name in (start_name, target_name):
         if name not in infos:
             raise UserError(f"{run_dir}/checkpoints/{name} does not exist; replay needs {start_name} and {target_name}")
@@ -62,10 +63,10 @@ def replay(run_dir: str | Path, checkpoint: str | int) -> dict:
         if found:
             raise UserError(f"checkpoint {name} fails its checksums ({found[0]}); it cannot be replayed")
     target_state = read_trainer_state(infos[target_name])
-    skipped = [s for s in target_state.skipped_steps if c * spc <= s < (c + 1) * spc]
-    settings = settings_in_force(run_dir, target_state, c * spc, (c + 1) * spc - 1, cfg.train)
+    skipped = [s for s in target_state.skipped_steps if first <= s < end]
+    settings = settings_in_force(run_dir, target_state, first, end - 1, cfg.train)
     trainer = Trainer(run_dir, settings, cfg.model, cfg.seed, replay=True)
-    replayed = trainer.replay(infos[start_name], (c + 1) * spc, skipped)
+    replayed = trainer.replay(infos[start_name], end, skipped)
     original = load_state_dict(infos[target_name].path)
     if set(replayed) != set(original):
         raise UserError(f"{target_name} holds tensors {sorted(set(original) ^ set(replayed))[:5]} that the model does not")
@@ -73,7 +74,7 @@ def replay(run_dir: str | Path, checkpoint: str | int) -> dict:
     for name, tensor in original.items():
         ours = replayed[name].to(tensor.dtype)
         diffs[name] = 0.0 if torch.equal(ours, tensor) else float((ours.double() - tensor.double()).abs().max())
-    return {"checkpoint": target_name, "from": start_name, "steps": [c * spc, (c + 1) * spc - 1],
+    return {"checkpoint": target_name, "from": start_name, "steps": [first, end - 1],
             "skipped_steps": skipped, "bitwise_equal": all(d == 0.0 for d in diffs.values()),
             "max_abs_diff": max(diffs.values()), "per_tensor": diffs, "deterministic": settings.deterministic}
 

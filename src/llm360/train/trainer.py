@@ -286,8 +286,8 @@ class Trainer:
                 self._checkpoint(name, step + 1)
 
     def _checkpoint_due(self, steps_done: int) -> str | None:
-        if steps_done % self.data.steps_per_chunk == 0:
-            return chunk_checkpoint_name(steps_done // self.data.steps_per_chunk - 1, self.data.n_chunks)
+        if self.data.rule.is_chunk_end(steps_done):
+            return chunk_checkpoint_name(self.data.rule.chunks_seen(steps_done) - 1, self.data.n_chunks)
         if steps_done in self.cfg.extra_checkpoint_steps:
             return step_checkpoint_name(steps_done)
         return None
@@ -295,7 +295,7 @@ class Trainer:
     def _enter_chunk(self, step: int) -> None:
         """Check the chunk's hash the first time it is trained on (a resume may land mid-chunk);
         a stage starts at its first step."""
-        chunk, first = divmod(step, self.data.steps_per_chunk)
+        chunk, first = self.data.rule.locate(step)
         if chunk not in self.verified_chunks:
             found = self.data.verify_chunks([chunk])
             if found:
@@ -355,7 +355,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.guard.accept(loss, take)
-        flight.record.update(step=step, chunk=step // data.steps_per_chunk, lr=lr,
+        flight.record.update(step=step, chunk=data.rule.chunk_of(step), lr=lr,
                              tokens=self.position.tokens + self.tokens_per_step)
         flight.finish(torch.cat([torch.stack([loss.double(), grad_norm.double()]), verdict.stacked()]))
         return flight
@@ -490,7 +490,7 @@ class Trainer:
         self.guard.load_state_dict(state.spike)
 
     def _newest_valid(self, before_step: int | None = None) -> Checkpoint | None:
-        for info in reversed(self.data.run.checkpoints(self.data.steps_per_chunk)):
+        for info in reversed(self.data.run.checkpoints(self.data.rule)):
             if before_step is not None and info.steps_done > before_step:
                 continue
             found = checkpoint_problems(info)
@@ -514,7 +514,7 @@ class Trainer:
         dist.broadcast_object_list(box, src=0)
         if box[0] is None:
             return None
-        found = [i for i in self.data.run.checkpoints(self.data.steps_per_chunk) if i.name == box[0]]
+        found = [i for i in self.data.run.checkpoints(self.data.rule) if i.name == box[0]]
         if not found:
             raise UserError(f"rank {self.dist.rank} does not see checkpoint {box[0]} that rank 0 chose: "
                             f"is {self.run_dir} on a file system that all processes share?")
@@ -531,7 +531,7 @@ class Trainer:
 
     def _skipped_record(self, step: int) -> dict:
         self.last_end = None
-        return {"step": step, "chunk": step // self.data.steps_per_chunk, "loss": None, "lr": self._lr(step),
+        return {"step": step, "chunk": self.data.rule.chunk_of(step), "loss": None, "lr": self._lr(step),
                 "grad_norm": None, "skipped": True, "tokens": self.position.tokens + self.tokens_per_step,
                 "time": time.time(), "step_time": 0.0}
 
