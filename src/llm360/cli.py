@@ -171,12 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("release", "llm360.release.release:cli_release", "write the model and data cards, the report and release.json")
     sp.add_argument("run")
+    sp.add_argument("--sign-key", metavar="PATH", help="sign release.json with this ssh key (e.g. ~/.ssh/id_ed25519, "
+                    "or the .pub of a key in ssh-agent) into release.json.sig, by `ssh-keygen -Y sign`")
     _writes(sp)
     sp = cmd("verify", "llm360.release.verify:cli_verify", "check every file of a release against release.json")
     sp.add_argument("run")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--expect", metavar="ROOT", help="the release root published with the release (`llm360 "
                     "release` prints it): release.json must hash to it, which pins every file")
+    sp.add_argument("--allowed-signers", metavar="FILE", help="an OpenSSH allowed_signers file: release.json.sig "
+                    "must be a good signature of release.json by one of its principals (namespace llm360-release)")
     sp = cmd("replay", "llm360.train.replay:cli_replay", "retrain a checkpoint from its predecessor and compare")
     sp.add_argument("run")
     sp.add_argument("--checkpoint", required=True, help="checkpoint number or name, e.g. 3 or ckpt_003")

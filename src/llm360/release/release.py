@@ -2,6 +2,7 @@
 
     make_release(run_dir)   # MODEL_CARD.md, DATA_CARD.md, report/index.html, release.json
     release_root(run_dir)   # sha256 of release.json: the value to publish (llm360.release.root)
+    make_release(run_dir, sign_key="~/.ssh/id_ed25519")  # and release.json.sig (llm360.release.signature)
 
 release.json lists every file under RUN (but itself and its signature) with its size and sha256, next to the
 checkpoint table, the config hash and the data fingerprint; `llm360 verify` checks a run against
@@ -15,6 +16,7 @@ has not been written to (nor had its metadata changed: ctime) since that release
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -24,14 +26,15 @@ from pathlib import Path
 
 from llm360 import __version__
 from llm360.errors import UserError
-from llm360.release import cards, report
+from llm360.release import cards, report, signature
 from llm360.release.facts import Facts, gather
 from llm360.release.files import hash_files, link_leaves, parse_json, scan_tree
 from llm360.release.root import SIGNATURE_FILE, normal_form, with_root
 from llm360.release.verify import consistency
 from llm360.rundir import DATA_CARD, MODEL_CARD, RELEASE_FILE, RELEASE_FORMAT
 from llm360.rundir import REPORT_FILE as REPORT
-from llm360.utils import atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
+from llm360.utils import atomic_write_bytes, atomic_write_text, finite_json, sha256_bytes, sha256_file
+
 PACKAGES = ("torch", "numpy", "safetensors", "tokenizers", "pyarrow", "pyyaml", "pydantic", "transformers")
 CACHE_MARGIN_NS = 2_000_000_000  # clocks and file systems with coarse timestamps: stay on the safe side
 
@@ -111,7 +114,7 @@ def release_record(facts: Facts, created: float, files: list[dict], config_sha25
 
 def _check_tree(run_dir: Path) -> None:
     """Refuse links, special files and interrupted checkpoint writes; drop our own stale temporaries."""
-    for name in (RELEASE_FILE, MODEL_CARD, DATA_CARD, REPORT):
+    for name in (RELEASE_FILE, SIGNATURE_FILE, MODEL_CARD, DATA_CARD, REPORT):
         path = run_dir / name
         for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else []:
             if tmp.is_file() and not tmp.is_symlink():
@@ -128,11 +131,14 @@ def _check_tree(run_dir: Path) -> None:
         raise UserError(f"cannot release {run_dir}: a release holds regular files only; " + "; ".join(bad[:5]))
 
 
-def make_release(run_dir: str | Path, progress: bool = False) -> dict:
-    """Write the cards, the report and release.json; return the release record."""
+def make_release(run_dir: str | Path, progress: bool = False, sign_key: str | Path | None = None) -> dict:
+    """Write the cards, the report and release.json (signed with `sign_key`, an ssh key, when
+    given); return the release record."""
     run_dir = Path(run_dir)
     if not (run_dir / "run.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no run.yaml)")
+    if sign_key is not None:
+        signature.ssh_keygen()  # refuse before the work when it cannot sign
     created = time.time()
     _check_tree(run_dir)
     facts = gather(run_dir)
@@ -155,15 +161,20 @@ def make_release(run_dir: str | Path, progress: bool = False) -> dict:
     files += [{"path": rel, "bytes": len(data), "sha256": sha256_bytes(data)} for rel, data in rooted.items()]
     record = release_record(facts, created, sorted(files, key=lambda f: f["path"]), config_sha256)
 
-
     found = consistency(run_dir, record, scan, hashes)
     if found:
         raise UserError(f"cannot release {run_dir}, it would not verify: "
                         + "; ".join(str(f) for f in found[:5]) + (f" (and {len(found) - 5} more)" if len(found) > 5 else ""))
+    data = (json.dumps(finite_json(record)[0], indent=2, allow_nan=False) + "\n").encode("utf-8")
+    # signed before release.json is replaced: a key that cannot sign leaves the previous release whole
+    signed = signature.sign(data, sign_key) if sign_key is not None else None
     (run_dir / SIGNATURE_FILE).unlink(missing_ok=True)  # it signed the release.json being replaced
-    atomic_write_json(run_dir / RELEASE_FILE, record)
-    os.chmod(run_dir / RELEASE_FILE, 0o644)
-    root = release_root(run_dir)
+    atomic_write_bytes(run_dir / RELEASE_FILE, data)
+    os.chmod(run_dir / RELEASE_FILE, 0o644)  # a release is for others to read, whatever the umask
+    if signed is not None:
+        atomic_write_bytes(run_dir / SIGNATURE_FILE, signed)
+        os.chmod(run_dir / SIGNATURE_FILE, 0o644)
+    root = sha256_bytes(data)
     for rel, data in rooted.items():
         _write_if_changed(run_dir / rel, with_root(data, root).decode("utf-8"))
     return record
@@ -190,13 +201,17 @@ def cli_release(args) -> int:
     from rich.markup import escape
 
     console = Console(stderr=True)
-    record = make_release(Path(args.run), progress=True)
+    record = make_release(Path(args.run), progress=True, sign_key=args.sign_key)
     totals = record["totals"]
     console.print(f"released [bold]{escape(str(record['run']))}[/bold]: {totals['files']} files, "
                   f"{totals['bytes'] / 1e6:,.1f} MB, {len(record['checkpoints'])} checkpoints, "
                   f"data fingerprint {str(record['data_fingerprint'])[:16]}", markup=True, highlight=False)
     for rel in (MODEL_CARD, DATA_CARD, REPORT, RELEASE_FILE):
         console.print(f"  {Path(args.run) / rel}", markup=False, highlight=False)
+    if args.sign_key is not None:
+        console.print(f"  {Path(args.run) / SIGNATURE_FILE} (release.json signed with {args.sign_key}; "
+                      "`llm360 verify RUN --allowed-signers FILE` checks it)", markup=False, highlight=False,
+                      soft_wrap=True)  # a path to copy: never broken
     # on stdout, alone: the one value to publish (ROOT=$(llm360 release RUN | cut -d' ' -f3))
     print(f"release root {release_root(args.run)}")
     console.print("  publish it; `llm360 verify RUN --expect ROOT` then checks every byte against it",

@@ -13,6 +13,12 @@ writes release.json, then writes them with the root in place of the placeholder.
 hashes them in the same normal form and requires every root they show to equal sha256(release.json).
 That is sound: the only bytes the normal form leaves out are those the second check pins, so each
 byte of the two documents is fixed by release.json just as every other file's is.
+
+The root says what was released, not who released it: whoever can publish a root next to a forged
+run has a release that verifies. A signature adds who vouches for the root. `llm360 release RUN
+--sign-key KEY` writes release.json.sig, an OpenSSH signature of release.json's bytes in the
+namespace llm360-release, and `llm360 verify RUN --allowed-signers FILE` names the principal of FILE
+whose key made it (llm360.release.signature); a reader then trusts a key, not a channel the root came by.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ What is checked:
   root         MODEL_CARD.md and report/index.html show the release root, sha256(release.json), and
                are listed in their normal form (llm360.release.root); with `--expect ROOT`, the root
                is the one published, which anchors everything above
+  signature    with `--allowed-signers FILE`, release.json.sig is a good ssh signature of release.json
+               by a principal FILE allows (llm360.release.signature): who vouches for the root
 
 Each finding names the file it is about. The run directory is read as data: JSON and text only,
 every file as hostile (damage is a finding, never a crash). A file that release.json does not list
@@ -35,11 +37,13 @@ from llm360.rundir import (ANALYSIS_DIR, CHECKPOINTS_DIR, CHECKSUMS_FILE, MANIFE
 from llm360.rundir import RELEASE_FILE, RELEASE_FORMAT
 from llm360.release.files import (Scan, hash_files, link_leaves, parse_json, scan_tree,
                                   through_link, unsafe_path)
+from llm360.release import signature
 from llm360.release.root import ROOTED_DOCUMENTS, SIGNATURE_FILE, is_root, normal_form, shown_roots
 from llm360.utils import sha256_bytes
 
 MAX_JSON_BYTES = 1 << 30  # a manifest or release.json beyond this is not read
 MAX_DOCUMENT_BYTES = 1 << 28  # a model card or report beyond this is not read (they are read whole)
+MAX_SIGNATURE_BYTES = 1 << 16  # an ssh signature is under 2 KB, even with an RSA key
 TORN_LINES_SHOWN = 10  # per file; the rest are counted
 
 
@@ -61,6 +65,8 @@ class Verification:
     bytes: int = 0  # bytes hashed
     checkpoints: int = 0
     chunks: int = 0
+    signature: str = "none"  # none, not checked, verified, not verified
+    signed_by: str | None = None  # the principal whose good signature release.json has
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -75,7 +81,8 @@ class Verification:
         return out
 
     def to_json(self) -> dict:
-        return {"run": self.run, "verified": self.verified, "counts": self.counts(),
+        return {"run": self.run, "verified": self.verified, "counts": self.counts(), "signature": self.signature,
+                "signed_by": self.signed_by,
                 "findings": [{**asdict(f), "text": str(f)} for f in self.findings]}
 
 
@@ -136,13 +143,20 @@ def _read_checksums(run_dir: Path, rel: str, scan: Scan) -> dict[str, str] | Non
 # -- the checks -------------------------------------------------------------------------------
 
 
-def check(run_dir: str | Path, progress: bool = False, expect: str | None = None) -> Verification:
-    """Every finding on the release at `run_dir`; with `expect`, its root must be that one."""
+def check(run_dir: str | Path, progress: bool = False, expect: str | None = None,
+          allowed_signers: str | Path | None = None) -> Verification:
+    """Every finding on the release at `run_dir`; with `expect`, its root must be that one; with
+    `allowed_signers`, release.json must be signed by one of its principals."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory")
     if expect is not None and not is_root(expect.lower()):
         raise UserError(f"--expect {shown(expect)} is not a release root (64 hex digits, as `llm360 release` prints)")
+    if allowed_signers is not None:
+        allowed_signers = Path(allowed_signers).expanduser()
+        if not allowed_signers.is_file():
+            raise UserError(f"--allowed-signers {allowed_signers}: no such file")
+        signature.ssh_keygen()  # refuse before hashing anything when it cannot be checked
     result = Verification(run=str(run_dir))
     findings = result.findings
     scan = scan_tree(run_dir)
@@ -153,7 +167,9 @@ def check(run_dir: str | Path, progress: bool = False, expect: str | None = None
     for rel, what in sorted(scan.odd.items()):
         findings.append(Finding(rel, "unsafe", f"{what}, not a regular file; not opened"))
 
-    record, root = _load_release(run_dir, scan, findings)
+    record, data = _load_release(run_dir, scan, findings)
+    root = None if data is None else sha256_bytes(data)
+    _check_signature(run_dir, scan, data, allowed_signers, result)
     if expect is not None and root is not None and root != expect.lower():
         findings.append(Finding(RELEASE_FILE, "changed", f"its sha256 (the release root) is {root}, not the "
                                                          f"expected {expect.lower()}"))
@@ -202,8 +218,8 @@ def _unique(findings: list[Finding]) -> list[Finding]:
     return out
 
 
-def _load_release(run_dir: Path, scan: Scan, findings: list[Finding]) -> tuple[dict | None, str | None]:
-    """release.json's record (None when it cannot be used) and its sha256, the release root."""
+def _load_release(run_dir: Path, scan: Scan, findings: list[Finding]) -> tuple[dict | None, bytes | None]:
+    """release.json's record (None when it cannot be used) and its bytes (None when unread)."""
     if RELEASE_FILE in scan.links:
         return None, None  # already a finding: a link is never followed
     if RELEASE_FILE not in scan.files:
@@ -213,10 +229,9 @@ def _load_release(run_dir: Path, scan: Scan, findings: list[Finding]) -> tuple[d
     if data is None:
         findings.append(Finding(RELEASE_FILE, "invalid", "could not be read"))
         return None, None
-    root = sha256_bytes(data)
     record = _parse_object(RELEASE_FILE, data, findings)
     if record is None:
-        return None, root
+        return None, data
     if record.get("format") != RELEASE_FORMAT:
         findings.append(Finding(RELEASE_FILE, "invalid", f"format is {brief(record.get('format'))}, expected "
                                                          f"{RELEASE_FORMAT!r}"))
@@ -225,8 +240,36 @@ def _load_release(run_dir: Path, scan: Scan, findings: list[Finding]) -> tuple[d
             findings.append(Finding(RELEASE_FILE, "invalid", f"`{key}` is not an object"))
     if not isinstance(record.get("files"), list):
         findings.append(Finding(RELEASE_FILE, "invalid", "has no `files` list"))
-        return None, root
-    return record, root
+        return None, data
+    return record, data
+
+
+def _check_signature(run_dir: Path, scan: Scan, data: bytes | None, allowed: Path | None,
+                     result: Verification) -> None:
+    """release.json.sig against the bytes of release.json that were read (and hashed for the root)."""
+    present = SIGNATURE_FILE in scan.files or SIGNATURE_FILE in scan.links or SIGNATURE_FILE in scan.odd
+    if allowed is None:
+        result.signature = "not checked" if present else "none"
+        return
+    result.signature = "not verified"
+    if SIGNATURE_FILE not in scan.files:
+        if not present:
+            result.findings.append(Finding(SIGNATURE_FILE, "missing", "no signature of release.json (`llm360 "
+                                                                      "release RUN --sign-key KEY` writes it)"))
+        return  # a link or special file: already a finding, never opened
+    sig = _read_bytes(run_dir, SIGNATURE_FILE, scan, MAX_SIGNATURE_BYTES)
+    if sig is None:
+        big = scan.files[SIGNATURE_FILE].st_size > MAX_SIGNATURE_BYTES
+        result.findings.append(Finding(SIGNATURE_FILE, "invalid", "larger than any ssh signature; not read" if big
+                                       else "could not be read"))
+        return
+    if data is None:
+        return  # release.json could not be read: a finding already, and nothing to check the signature against
+    principal, why = signature.check(data, sig, allowed)
+    if why is not None:
+        result.findings.append(Finding(SIGNATURE_FILE, "invalid", why))
+        return
+    result.signature, result.signed_by = "verified", principal
 
 
 def _hash_rooted(run_dir: Path, listed: dict[str, dict], scan: Scan, root: str | None,
@@ -492,11 +535,19 @@ def _bad_lines(path: Path) -> list[int]:
 # -- the command ------------------------------------------------------------------------------
 
 
+def _signature_line(result: Verification) -> str:
+    if result.signature == "verified":
+        return f"signed by {shown(result.signed_by or '')}: a good signature of release.json"
+    if result.signature == "not checked":
+        return "signed, not checked (give --allowed-signers)"
+    return result.signature  # none, or not verified (a finding says why)
+
+
 def cli_verify(args) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    result = check(Path(args.run), progress=not args.json, expect=args.expect)
+    result = check(Path(args.run), progress=not args.json, expect=args.expect, allowed_signers=args.allowed_signers)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0 if result.verified else 1
@@ -508,6 +559,7 @@ def cli_verify(args) -> int:
     console.print(f"  files        {c['files']} listed in release.json, {c['bytes'] / 1e6:,.1f} MB hashed")
     console.print(f"  data         {c['chunks']} chunks")
     console.print(f"  checkpoints  {c['checkpoints']}")
+    console.print(f"  signature    {_signature_line(result)}", markup=False)
     console.print(f"  findings     {c['findings']}" + (f" ({kinds})" if kinds else ""))
     for f in result.findings:
         console.print(f"  [red]x[/red] {escape(str(f))}  [dim]({f.kind})[/dim]")
