@@ -10,6 +10,14 @@ warmup, the best of each kept.
 
     python benchmarks/model_speed.py                       # demo preset, CPU
     python benchmarks/model_speed.py --device cuda --preset 1b --batch 8 --seq 2048 --json out.json
+
+--families measures instead the training tokens/s of three models of the preset's width and depth
+on the same batches, interleaved: the LLaMA of this code, the LLaMA of the previous release
+(commit bce3bbb's model file, from `git show`: did the CrystalCoder building blocks slow LLaMA
+down?) and a CrystalCoder-shaped model (LayerNorm, biases, rotary on a quarter of each head in
+interleaved pairs, µP multipliers: what do they cost?).
+
+    python benchmarks/model_speed.py --families --threads 2 --rounds 6
 """
 
 from __future__ import annotations
@@ -17,15 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import tempfile
 import time
+import types
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from llm360.model.generate import generate, score_tokens
 from llm360.model.hf import save_hf
+from llm360.model.args import CRYSTAL
 from llm360.model.llama import Llama, flops_per_token, model_args, num_params
+
+PREVIOUS_RELEASE = "bce3bbb"  # the last commit before CrystalCoder's building blocks
 
 
 def sync(device: str) -> None:
@@ -49,6 +64,55 @@ def interleaved(fns: dict, rounds: int, warmup: int, device: str) -> dict[str, f
     return {name: min(ts) for name, ts in times.items()}
 
 
+def train_step(model, batches, logits_of=lambda m, x: m(x)):
+    """One forward + backward + AdamW step per call, cycling through `batches`."""
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    model.train()
+    i = iter(range(10**9))
+
+    def step():
+        x = batches[next(i) % len(batches)]
+        logits = logits_of(model, x[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+    return step
+
+
+def previous_llama() -> types.ModuleType:
+    """The model file of the previous release, as a module of its own."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{PREVIOUS_RELEASE}:src/llm360/model/llama.py"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType("llama_previous")
+    exec(compile(source, f"{PREVIOUS_RELEASE}:llama.py", "exec"), module.__dict__)
+    return module
+
+
+def families(opt, args, dev: str) -> dict:
+    crystal_args = replace(args, **{**CRYSTAL, "rotary_dim": args.head_dim // 4, "n_kv_heads": args.n_heads})
+    llama = Llama(args)
+    llama.init_weights(0)
+    before = previous_llama().Llama(args)
+    before.load_state_dict(llama.state_dict())
+    crystal = Llama(crystal_args)
+    crystal.init_weights(0)
+    models = {"llama": llama.to(dev), "llama_previous": before.to(dev), "crystal": crystal.to(dev)}
+    batches = [torch.randint(0, args.vocab_size, (opt.batch, opt.seq + 1), device=dev) for _ in range(4)]
+    with torch.no_grad():  # the same numbers as before, not just the same speed
+        same = torch.equal(llama.eval()(batches[0][:, :-1]), before.eval()(batches[0][:, :-1]))
+    t = interleaved({name: train_step(m, batches) for name, m in models.items()}, opt.rounds, opt.warmup, dev)
+    tokens = opt.batch * opt.seq
+    result = {name: tokens / t[name] for name in models}
+    print(f"\ntraining tokens/s, {args.n_layers} layers of width {args.dim}, batch {opt.batch} x {opt.seq}:")
+    for name, rate in result.items():
+        print(f"  {name:<15} {rate:>10.1f}  ({rate / result['llama']:.3f}x llama)")
+    print(f"llama logits bitwise equal to {PREVIOUS_RELEASE}'s: {same}; crystal-shaped model "
+          f"{num_params(crystal_args) / 1e6:.2f}M parameters against {num_params(args) / 1e6:.2f}M")
+    return {"unit": "tokens/s", **result, "llama_same_logits_as_previous": same}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -67,6 +131,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,score")
     p.add_argument("--json", default=None, help="write the results to this path")
+    p.add_argument("--families", action="store_true",
+                   help="only compare training speed: LLaMA now, LLaMA of the previous release, CrystalCoder-shaped")
     opt = p.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -79,6 +145,12 @@ def main() -> None:
     if opt.layers:
         overrides["n_layers"] = opt.layers
     args = model_args(opt.preset, **overrides)
+    if opt.families:
+        results = {"families": families(opt, args, dev)}
+        if opt.json:
+            with open(opt.json, "w") as f:
+                json.dump({"args": vars(opt), "threads": torch.get_num_threads(), "results": results}, f, indent=2)
+        return
     ours = Llama(args)
     ours.init_weights(0)
     with tempfile.TemporaryDirectory() as folder:
@@ -94,22 +166,8 @@ def main() -> None:
     if "train" not in skip:
         batches = [torch.randint(0, args.vocab_size, (opt.batch, opt.seq + 1), device=dev) for _ in range(4)]
 
-        def make_step(model, logits_of):
-            optim = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-            model.train()
-            i = iter(range(10**9))
-
-            def step():
-                x = batches[next(i) % len(batches)]
-                logits = logits_of(model, x[:, :-1])
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
-                loss.backward()
-                optim.step()
-                optim.zero_grad(set_to_none=True)
-            return step
-
-        t = interleaved({"llm360": make_step(ours, lambda m, x: m(x)),
-                         "transformers": make_step(hf, lambda m, x: m(input_ids=x, use_cache=False).logits)},
+        t = interleaved({"llm360": train_step(ours, batches),
+                         "transformers": train_step(hf, batches, lambda m, x: m(input_ids=x, use_cache=False).logits)},
                         opt.rounds, opt.warmup, dev)
         tokens = opt.batch * opt.seq
         results["train"] = {"unit": "tokens/s", "llm360": tokens / t["llm360"], "transformers": tokens / t["transformers"],

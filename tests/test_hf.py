@@ -149,7 +149,7 @@ def test_not_llama_or_unsupported_config(tmp_path):
     save_hf(model, args, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    with pytest.raises(UserError, match="not a llama config"):
+    with pytest.raises(UserError, match="neither a llama nor a crystalcoder config"):
         load_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
     with pytest.raises(UserError, match="rope scaling"):

@@ -41,7 +41,7 @@ def test_1b_count_and_flops():
 
 
 def test_presets_and_overrides():
-    assert set(PRESETS) >= {"tiny", "demo", "1b", "amber-7b"}
+    assert set(PRESETS) >= {"tiny", "demo", "1b", "amber-7b", "crystal-7b", "crystal-tiny"}
     args = model_args("tiny", vocab_size=123)
     assert args.vocab_size == 123 and PRESETS["tiny"].vocab_size != 123  # presets stay untouched
     assert args.head_dim == args.dim // args.n_heads
@@ -138,9 +138,10 @@ def test_init_of_fsdp2_sharded_model_equals_direct_init(tmp_path):
         dist.destroy_process_group()
 
 
-def test_kv_cache_decoding_equals_full_forward():
+@pytest.mark.parametrize("preset", ["tiny", "crystal-tiny"])
+def test_kv_cache_decoding_equals_full_forward(preset):
     torch.manual_seed(0)
-    model, args = tiny_model(seed=1, init_std=0.3)
+    model, args = tiny_model(seed=1, preset=preset, init_std=0.3)
     x = torch.randint(0, args.vocab_size, (3, 24))
     with torch.no_grad():
         full = model(x)  # (B, T, V)
@@ -154,9 +155,10 @@ def test_kv_cache_decoding_equals_full_forward():
     torch.testing.assert_close(last, full[:, -1:], atol=1e-4, rtol=1e-4)
 
 
-def test_left_padding_with_mask_equals_unpadded_rows():
+@pytest.mark.parametrize("preset", ["tiny", "crystal-tiny"])
+def test_left_padding_with_mask_equals_unpadded_rows(preset):
     torch.manual_seed(0)
-    model, args = tiny_model(seed=2, init_std=0.3)
+    model, args = tiny_model(seed=2, preset=preset, init_std=0.3)
     rows = [torch.randint(1, args.vocab_size, (n,)) for n in (12, 7, 3)]
     T = 12
     pad = torch.tensor([T - len(r) for r in rows])
@@ -179,11 +181,13 @@ def test_too_long_input_is_a_user_error():
         model(torch.zeros(1, args.max_seq_len + 1, dtype=torch.long))
 
 
-def test_training_step_reduces_loss():
+# µP's scaled-down logits want a larger base learning rate at this width
+@pytest.mark.parametrize("preset, lr", [("tiny", 3e-3), ("crystal-tiny", 1e-2)])
+def test_training_step_reduces_loss(preset, lr):
     torch.manual_seed(0)
-    model, args = tiny_model(seed=0)
+    model, args = tiny_model(seed=0, preset=preset)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     x = torch.randint(0, args.vocab_size, (4, 33))
     losses = []
     for _ in range(20):

@@ -174,3 +174,14 @@ def test_export_names_and_refusals(run, tmp_path):
     with pytest.raises(UserError, match="fails its checksums.*model.safetensors"):
         export_hf(run, "1", tmp_path / "d")
     assert not (tmp_path / "d").exists()
+
+
+def test_export_readme_names_the_checkpoint_format(run):
+    from llm360.release.export import readme
+    from llm360.release.facts import gather
+
+    facts = gather(run)
+    crystal = readme(facts, "ckpt_002", None, "crystalcoder")
+    assert "CrystalCoder-style" in crystal and 'from_pretrained("PATH", trust_remote_code=True)' in crystal
+    llama = readme(facts, "ckpt_002", None)
+    assert "LLaMA-style" in llama and "trust_remote_code" not in llama

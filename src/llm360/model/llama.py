@@ -1,10 +1,16 @@
-"""A LLaMA in plain PyTorch, the one model every stage of llm360 uses.
+"""A LLaMA in plain PyTorch, the one model every stage of llm360 uses, and CrystalCoder as a variant.
 
 Architecture as LLaMA / LLM360 Amber: pre-norm blocks with RMSNorm, rotary position embeddings,
 grouped-query attention and a SwiGLU MLP; input and output embeddings tied or not. Rotary
 embeddings use the "rotate half" layout of Hugging Face's Llama, so weights move to and from
 transformers without permuting q/k (see `llm360.model.hf` for the name mapping). The
 architecture's numbers (ModelArgs, presets, parameter counts) are in `llm360.model.args`.
+
+LLM360 CrystalCoder is the same skeleton with other parts, each picked once when the model is
+built and never tested in `forward`: LayerNorm with a bias (`make_norm`), biases on the linear
+layers, rotary on the first `rotary_dim` dims of a head with GPT-J's interleaved pairs
+(`Rotary`), and µP: scaled embeddings and logits (`scale_by`), attention scores scaled by
+1/d_head. `param_roles` tells the trainer which weights µP trains at a smaller learning rate.
 
 Nothing here knows about parallelism, compilation or activation checkpointing: those are applied
 from outside (`self.layers` is a ModuleList of blocks that can each be wrapped).
@@ -16,12 +22,14 @@ Build big models without allocating twice:
     model.to_empty(device="cuda")
     model.init_weights(seed=1234)
 
-Initialization (`init_weights`): every weight ~ N(0, init_std) (0.02 by default), except the
-output projections of attention (wo) and of the MLP (w2), which get init_std / sqrt(2 * n_layers)
-so the residual stream does not grow with depth (GPT-2 / OLMo); norm weights are 1. The numbers
-are drawn on the CPU from one torch.Generator seeded with `seed`, parameter by parameter in
-`named_parameters()` order, then copied to the parameter's device, so the same seed gives the
-same weights whatever device or construction path was used.
+Initialization (`init_weights`), by `args.init`: "llama", every weight ~ N(0, init_std) except
+the output projections of attention (wo) and of the MLP (w2), which get init_std /
+sqrt(2 * n_layers) so the residual stream does not grow with depth (GPT-2 / OLMo); "normal",
+N(0, init_std) for every weight (Amber); "crystal", as "llama" but truncated at 2 std and the
+embeddings at embedding_init_std. Norm weights are 1, biases 0. The numbers are drawn on the CPU
+from one torch.Generator seeded with `seed`, parameter by parameter in `named_parameters()` order,
+then copied to the parameter's device, so the same seed gives the same weights whatever device or
+construction path was used.
 """
 
 from __future__ import annotations
@@ -53,24 +61,76 @@ class RMSNorm(nn.Module):
         return self.weight * xf.type_as(x)
 
 
-def rope_tables(args: ModelArgs, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin for every position, each (max_seq_len, head_dim), computed in fp32.
+def make_norm(args: ModelArgs) -> nn.Module:
+    """The model's norm: RMSNorm (LLaMA) or LayerNorm with a bias (CrystalCoder)."""
+    if args.norm == "layernorm":
+        return nn.LayerNorm(args.dim, eps=args.norm_eps)
+    return RMSNorm(args.dim, args.norm_eps)
 
-    "Rotate half" layout (as HF Llama): dimension i pairs with i + head_dim/2. The sin table
-    carries the sign of the rotation, -sin for the first half, so that rotating is
-    x * cos + roll(x, head_dim/2) * sin: the same products as HF's x * cos + rotate_half(x) * sin,
-    in fewer ops.
+
+class Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def scale_by(factor: float) -> nn.Module:
+    """Multiply by a constant (a µP multiplier); a model without one pays no op for it."""
+    return nn.Identity() if factor == 1 else Scale(factor)
+
+
+def _partner_half(x: torch.Tensor) -> torch.Tensor:
+    return x.roll(x.size(-1) // 2, dims=-1)  # i <-> i + d/2
+
+
+def _partner_interleaved(x: torch.Tensor) -> torch.Tensor:
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # 2i <-> 2i + 1
+
+
+class Rotary:
+    """Rotary position embeddings on the first `args.rope_dim` dims of each head.
+
+    Rotating is x * cos + partner(x) * sin, where partner(x) swaps each dim with the other one of
+    its pair and the sin table carries the rotation's sign. Pairs are i and i + d/2 ("half", HF
+    Llama: the same products as HF's rotate_half, in fewer ops) or 2i and 2i + 1 ("interleaved",
+    GPT-J / CrystalCoder). Dims past rope_dim pass through unchanged.
     """
-    hs = args.head_dim
-    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.int64, device=device).float() / hs))
-    pos = torch.arange(args.max_seq_len, dtype=torch.int64, device=device).float()
-    freqs = pos[:, None] * inv_freq[None, :]  # (S, hs/2)
-    return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+
+    def __init__(self, args: ModelArgs):
+        self.dim, self.theta, self.max_seq_len = args.rope_dim, args.rope_theta, args.max_seq_len
+        self.interleaved = args.rope_pairing == "interleaved"
+        self.partner = _partner_interleaved if self.interleaved else _partner_half
+        # whole heads need no slicing: the LLaMA path stays the three ops it always was
+        self.rotate = self._rotate_all if self.dim == args.head_dim else self._rotate_first
+
+    def tables(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin for every position, each (max_seq_len, rope_dim), in fp32."""
+        d = self.dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+        pos = torch.arange(self.max_seq_len, dtype=torch.int64, device=device).float()
+        freqs = pos[:, None] * inv_freq[None, :]  # (S, d/2)
+        if self.interleaved:
+            cos = freqs.cos().repeat_interleave(2, dim=-1)
+            return cos, torch.stack((-freqs.sin(), freqs.sin()), dim=-1).flatten(-2)
+        return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x (B, T, nh, hs); cos, sin (B or 1, T, 1, rope_dim)
+        return self.rotate(x, cos, sin)
+
+    def _rotate_all(self, x, cos, sin):
+        return x * cos + self.partner(x) * sin
+
+    def _rotate_first(self, x, cos, sin):
+        return torch.cat((self._rotate_all(x[..., :self.dim], cos, sin), x[..., self.dim:]), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x (B, T, nh, hs); cos, sin (B or 1, T, 1, hs)
-    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
+def rope_tables(args: ModelArgs, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin of the model's rotary embeddings, each (max_seq_len, rope_dim)."""
+    return Rotary(args).tables(device)
 
 
 class KVCache:
@@ -97,16 +157,19 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.rotary = Rotary(args)
+        # None: SDPA's own 1/sqrt(d_head); µP scales the scores by 1/d_head
+        self.scale = 1.0 / args.head_dim if args.attention_scale == "1/d" else None
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.bias)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.bias)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.bias)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.bias)
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, start_pos: int = 0):
         B, T, _ = x.shape
         nh, nkv, hs = self.n_heads, self.n_kv_heads, self.head_dim
-        q = apply_rope(self.wq(x).view(B, T, nh, hs), cos, sin).transpose(1, 2)  # (B, nh, T, hs)
-        k = apply_rope(self.wk(x).view(B, T, nkv, hs), cos, sin).transpose(1, 2)  # (B, nkv, T, hs)
+        q = self.rotary(self.wq(x).view(B, T, nh, hs), cos, sin).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.rotary(self.wk(x).view(B, T, nkv, hs), cos, sin).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.wv(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if cache is not None:
             k, v = cache.update(self.layer_id, start_pos, k, v)  # (B, nkv, S, hs)
@@ -114,16 +177,16 @@ class Attention(nn.Module):
         # else (cached decoding, padding) comes with an explicit mask or needs none (T == 1)
         is_causal = mask is None and T > 1 and start_pos == 0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           enable_gqa=nkv != nh)  # (B, nh, T, hs)
+                                           scale=self.scale, enable_gqa=nkv != nh)  # (B, nh, T, hs)
         return self.wo(y.transpose(1, 2).reshape(B, T, nh * hs))
 
 
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.w1 = nn.Linear(args.dim, args.ffn_dim, bias=False)  # gate
-        self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False)  # down
-        self.w3 = nn.Linear(args.dim, args.ffn_dim, bias=False)  # up
+        self.w1 = nn.Linear(args.dim, args.ffn_dim, bias=args.bias)  # gate
+        self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=args.bias)  # down
+        self.w3 = nn.Linear(args.dim, args.ffn_dim, bias=args.bias)  # up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -132,9 +195,9 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, args: ModelArgs, layer_id: int):
         super().__init__()
-        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention_norm = make_norm(args)
         self.attention = Attention(args, layer_id)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = make_norm(args)
         self.feed_forward = FeedForward(args)
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, start_pos: int = 0):
@@ -151,11 +214,13 @@ class Llama(nn.Module):
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.scale_embeddings = scale_by(args.embedding_scale)
         self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.norm = make_norm(args)
         # tied: the logits use tok_embeddings.weight directly, so there is no second parameter
         # that to_empty / FSDP / load_state_dict could silently untie
         self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.scale_logits = scale_by(args.output_scale)
         cos, sin = rope_tables(args)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -170,14 +235,26 @@ class Llama(nn.Module):
         """Seeded initialization, the same on any device (see the module docstring)."""
         self.init_rope()
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        out_std = self.args.init_std / math.sqrt(2 * self.args.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
+        for name, role in param_roles(self).items():
+            p = self.get_parameter(name)
+            if role in ("norm", "bias"):
+                p.fill_(1.0 if role == "norm" and name.endswith("weight") else 0.0)
                 continue
-            std = out_std if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else self.args.init_std
-            values = torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
+            values = torch.empty(p.shape, dtype=torch.float32)
+            std = self._init_std(name, role)
+            if self.args.init == "crystal":
+                nn.init.trunc_normal_(values, 0.0, std, -2 * std, 2 * std, generator=gen)
+            else:
+                values.normal_(0.0, std, generator=gen)
             _copy_into(p, values)
+
+    def _init_std(self, name: str, role: str) -> float:
+        a = self.args
+        if role == "embedding" and a.embedding_init_std is not None:
+            return a.embedding_init_std
+        if a.init != "normal" and name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+            return a.init_std / math.sqrt(2 * a.n_layers)
+        return a.init_std
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = self.tok_embeddings.weight
@@ -214,7 +291,7 @@ class Llama(nn.Module):
         mask = None
         if key_mask is not None or (start_pos > 0 and T > 1):
             mask = attention_mask(B, T, start_pos, key_mask, tokens.device)  # (B, 1, T, S)
-        h = self.tok_embeddings(tokens)  # (B, T, D)
+        h = self.scale_embeddings(self.tok_embeddings(tokens))  # (B, T, D)
         cos, sin = cos.to(h.dtype), sin.to(h.dtype)
         for layer in self.layers:
             h = layer(h, cos, sin, mask, cache, start_pos)
@@ -222,7 +299,28 @@ class Llama(nn.Module):
             h = h[:, -1:]
         h = self.norm(h)
         logits = self.output(h) if self.output is not None else F.linear(h, self.tok_embeddings.weight)
-        return logits.float()  # (B, T, V)
+        return self.scale_logits(logits.float())  # (B, T, V)
+
+
+def param_roles(model: nn.Module) -> dict[str, str]:
+    """Each parameter's name (as model.named_parameters() gives it, wrapper prefixes and all)
+    -> its role for the optimizer: "embedding", "output" (an untied head), "norm" (weights and
+    biases of norms), "bias" (of linear layers) or "hidden" (the matrices of the blocks, which
+    µP trains at args.hidden_lr_scale times the base learning rate). Norms and biases usually
+    get no weight decay."""
+    roles = {}
+    for name, p in model.named_parameters():
+        if name.endswith("tok_embeddings.weight"):
+            roles[name] = "embedding"
+        elif name.endswith("output.weight"):
+            roles[name] = "output"
+        elif name.endswith(("norm.weight", "norm.bias")):
+            roles[name] = "norm"
+        elif name.endswith(".bias"):
+            roles[name] = "bias"
+        else:
+            roles[name] = "hidden"
+    return roles
 
 
 def attention_mask(B: int, T: int, start_pos: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:

@@ -2,13 +2,16 @@
 
 OUT gets the weights, config.json, generation_config.json, the tokenizer files and a README.md
 model card that names the run, the checkpoint and the data it has seen (fingerprint, chunks,
-tokens); `transformers.AutoModelForCausalLM.from_pretrained(OUT)` loads it. The trainer state
+tokens); `transformers.AutoModelForCausalLM.from_pretrained(OUT)` loads it (a CrystalCoder
+checkpoint, which carries its modeling code, with `trust_remote_code=True`). The format is the
+one the checkpoint was written in (`llm360.model.hf`), named in its config.json. The trainer state
 (optimizer, RNG) stays behind. A checkpoint whose files do not match its CHECKSUMS.sha256 is
 refused, and every copied file is checked against it again after the copy.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -58,7 +61,8 @@ def export_hf(run_dir: str | Path, checkpoint: str, out: str | Path) -> Path:
             shutil.copyfile(src, dst)
             if sha256_file(dst) != digest:
                 raise UserError(f"{name}/{rel} changed while it was copied; try again")
-        (tmp / "README.md").write_text(readme(facts, name, row), encoding="utf-8")
+        model_type = json.loads((tmp / "config.json").read_text()).get("model_type", "llama")
+        (tmp / "README.md").write_text(readme(facts, name, row, model_type), encoding="utf-8")
         fsync_tree(tmp)
         if out.exists():
             out.rmdir()
@@ -70,7 +74,13 @@ def export_hf(run_dir: str | Path, checkpoint: str, out: str | Path) -> Path:
     return out
 
 
-def readme(facts: Facts, name: str, row: dict | None) -> str:
+# how the model card names each checkpoint format, and the arguments from_pretrained needs
+FORMAT_WORDS = {"llama": ("a LLaMA-style base model", ""),
+                "crystalcoder": ("a CrystalCoder-style base model (LLM360's format, with its modeling code)",
+                                 ", trust_remote_code=True")}
+
+
+def readme(facts: Facts, name: str, row: dict | None, model_type: str = "llama") -> str:
     m = facts.model
     rule = facts.rule
     steps = row["step"] if row else CheckpointName.parse(name).steps_done(rule)
@@ -82,6 +92,7 @@ def readme(facts: Facts, name: str, row: dict | None) -> str:
         seen += f" and steps {rule.first_step(chunks_seen)}..{steps - 1} of chunk {chunks_seen}"
     params = m.get("parameters")
     licenses = sorted({str(s.get("license")) for s in facts.sources if s.get("license")})
+    kind, remote = FORMAT_WORDS.get(model_type, FORMAT_WORDS["llama"])
     lines = [
         "---",
         "library_name: transformers",
@@ -92,7 +103,7 @@ def readme(facts: Facts, name: str, row: dict | None) -> str:
         f"# {md(facts.name)} / {md(name)}",
         "",
         f"Checkpoint `{md(name)}` of the llm360 run `{md(facts.name)}`, exported with `llm360 export hf`: "
-        "a LLaMA-style base model in the Hugging Face format.",
+        f"{kind} in the Hugging Face format.",
         "",
         md_table(["", ""], [
             ["Run", md(facts.name)],
@@ -113,7 +124,7 @@ def readme(facts: Facts, name: str, row: dict | None) -> str:
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "model = AutoModelForCausalLM.from_pretrained(\"PATH\")",
+        f"model = AutoModelForCausalLM.from_pretrained(\"PATH\"{remote})",
         "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")",
         "```",
         "",
