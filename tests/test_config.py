@@ -32,10 +32,26 @@ def test_amber_matches_the_paper():
     assert (cfg.train.lr, cfg.train.min_lr, cfg.train.warmup_steps) == (3e-4, 3e-5, 2000)
 
 
-def test_crystal_has_three_stages_and_rewarms():
+def test_crystal_and_amber_configs_set_the_published_recipes():
+    from llm360.model.args import model_args
+
     cfg = load_config("crystal-7b")
-    assert [s.chunks for s in cfg.data.stages] == [35, 96, 12]
-    assert cfg.data.stages[2].rewarm_steps > 0
+    # Crystal's phases: 79,721 / 214,387 / 27,728 steps of 2,112 x 2,048 tokens
+    steps = [s.chunks * s.steps_per_chunk for s in cfg.data.stages]
+    assert steps == [79_721, 214_387, 27_728] and cfg.train.global_batch_rows == 2112
+    phases = [cfg.train.stage_schedules[s.name] for s in cfg.data.stages]
+    assert [(p.warmup_steps, p.lr, p.end_lr, p.decay_steps) for p in phases] == [
+        (86, 0.012, 1.2408e-4, 294_337), (86, 0.0087825, 1.3679e-4, 214_301), (276, 0.002, 0.0002, 27_452)]
+    assert [p.warmup_steps + p.decay_steps for p in phases[1:]] == steps[1:]  # phases 2, 3 end with their stage
+    assert cfg.train.decay == "linear" and cfg.train.eps == 1e-9 and tuple(cfg.train.betas) == (0.9, 0.95)
+    assert [s.fim for s in cfg.data.stages][0] == {} and cfg.data.stages[1].fim["starcoder"].rate == 0.9
+    assert {f.rate for f in cfg.data.stages[2].fim.values()} == {0.3}
+    assert sum(cfg.data.stages[2].mix.values()) == pytest.approx(1.0, abs=1e-3)
+    args = model_args(cfg.model.preset)
+    assert (args.hidden_lr_scale, args.embedding_scale, args.output_scale) == (0.0625, 14.6, 2.22 * 0.0625)
+    amber = load_config("amber-7b")
+    assert amber.train.no_decay == [] and amber.train.warmup_from_zero and amber.data.stages[0].exact_mix
+    assert "starcoderdata" in amber.data.stages[0].mix and model_args("amber-7b").init == "normal"
 
 
 def test_overrides_are_read_as_yaml():
@@ -114,10 +130,7 @@ def test_model_config_fields_follow_model_args():
     from llm360.config import ModelConfig
     from llm360.model.args import ModelArgs
 
-    # ModelArgs fields a user cannot set yet: the CrystalCoder fields, until config.py's
-    # ModelConfig gains them (the presets crystal-7b and crystal-tiny carry them meanwhile)
-    not_in_config = {"norm", "rotary_dim", "rope_pairing", "bias", "embedding_scale", "output_scale",
-                     "attention_scale", "hidden_lr_scale", "init", "embedding_init_std"}
+    not_in_config: set[str] = set()  # ModelArgs fields deliberately kept out of the config (none)
     config_keys = set(ModelConfig.model_fields) - {"preset"}
     args_fields = {f.name for f in fields(ModelArgs)}
     assert config_keys <= args_fields, f"model.* keys that ModelArgs lacks: {sorted(config_keys - args_fields)}"

@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from llm360.config import TrainConfig, load_config
 from llm360.errors import UserError
 from llm360.model.llama import Llama, model_args
 from llm360.train.schedule import build_schedule, lr_at
-from llm360.train.trainer import apply_train_overrides, group_specs, param_roles, run_training
+from llm360.model.llama import param_roles
+from llm360.train.trainer import apply_train_overrides, group_specs, run_training
 from llm360.utils import read_jsonl
 
 # LLM360 Crystal's published phases: (first step, warmup, peak, end, horizon)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llm360.errors import UserError
-from llm360.model.args import PRESETS, model_args
+from llm360.model.args import PRESETS, checkpoint_format, model_args
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -183,6 +183,17 @@ class ModelConfig(Section):
     max_seq_len: int | None = None
     vocab_size: int | None = None  # default: the tokenizer's
     init_std: float | None = None
+    # the family's building blocks (CrystalCoder: the crystal-7b preset sets them all)
+    norm: Literal["rmsnorm", "layernorm"] | None = None
+    rotary_dim: int | None = None
+    rope_pairing: Literal["half", "interleaved"] | None = None
+    bias: bool | None = None
+    embedding_scale: float | None = None  # µP multipliers
+    output_scale: float | None = None
+    attention_scale: Literal["1/sqrt(d)", "1/d"] | None = None
+    hidden_lr_scale: float | None = None  # µP width scale: hidden matrices' learning rate
+    init: Literal["llama", "normal", "crystal"] | None = None
+    embedding_init_std: float | None = None
 
     @field_validator("preset")
     @classmethod
@@ -326,6 +337,7 @@ class RunConfig(Section):
         # build the architecture now, so a model that cannot exist stops `prepare`, not `train`
         try:
             args = model_args(self.model.preset, **self.model.overrides())
+            checkpoint_format(args)  # an architecture no checkpoint format can hold stops here
         except UserError as e:
             raise ValueError(str(e).rstrip(".")) from None
         if self.data.seq_len > args.max_seq_len:

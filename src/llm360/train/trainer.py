@@ -27,7 +27,7 @@ from llm360.config import (ModelConfig, RunConfig, TrainConfig, apply_override, 
                            save_config, to_dict, validate)
 from llm360.data.store import RunData
 from llm360.errors import UserError
-from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args
+from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args, param_roles
 from llm360.rundir import (Checkpoint, CheckpointName, RunDir, TrainerState, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
                            step_checkpoint_name)
 from llm360.train import checkpoint as ckpt
@@ -85,50 +85,30 @@ def rounding_seed(seed: int, step: int, shard: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def param_roles(model: torch.nn.Module) -> dict[str, str]:
-    """Each parameter's role for the optimizer, from the modules that hold it: `embedding`, `output`
-    (the head, when not tied), `bias`, `norm` (vectors that scale) or `hidden` (a weight matrix)."""
-    vocab = {m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    roles = {}
-    for module_name, module in model.named_modules():
-        for name, p in module.named_parameters(recurse=False):
-            full = f"{module_name}.{name}" if module_name else name
-            if isinstance(module, torch.nn.Embedding):
-                role = "embedding"
-            elif name == "bias":
-                role = "bias"
-            elif p.ndim < 2:
-                role = "norm"
-            elif isinstance(module, torch.nn.Linear) and module.out_features in vocab and "." not in module_name:
-                role = "output"
-            else:
-                role = "hidden"
-            roles.setdefault(full, role)  # a tied head is the embedding's parameter, named once
-    return roles
-
-
 @dataclass(frozen=True)
 class GroupSpec:
     decay: bool
     lr_scale: float
 
 
-def group_specs(model: torch.nn.Module, cfg: TrainConfig) -> list[tuple[GroupSpec, list]]:
+def group_specs(model: torch.nn.Module, cfg: TrainConfig, hidden_lr_scale: float = 1.0) -> list[tuple[GroupSpec, list]]:
     """The optimizer's parameter groups: weight decay on every parameter but those whose name
-    contains a `no_decay` pattern, and the learning rate scaled by role (`lr_scale`, µP). Without
-    scales these are the two groups (decay, no decay) that checkpoints have always held."""
+    contains a `no_decay` pattern, and the learning rate scaled by role: the model's µP width
+    scale for hidden matrices (model.hidden_lr_scale: Crystal's 0.0625), times `train.lr_scale`.
+    Without scales these are the two groups (decay, no decay) that checkpoints have always held."""
     roles = param_roles(model)
     groups: dict[GroupSpec, list] = {GroupSpec(True, 1.0): [], GroupSpec(False, 1.0): []}
     for name, p in model.named_parameters():
         role = roles[name]
-        spec = GroupSpec(not any(pat in name for pat in cfg.no_decay), float(cfg.lr_scale.get(role, 1.0)))
+        scale = cfg.lr_scale.get(role, 1.0) * (hidden_lr_scale if role == "hidden" else 1.0)
+        spec = GroupSpec(not any(pat in name for pat in cfg.no_decay), float(scale))
         groups.setdefault(spec, []).append(p)
     return list(groups.items())
 
 
-def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+def param_groups(model: torch.nn.Module, cfg: TrainConfig, hidden_lr_scale: float = 1.0) -> list[dict]:
     return [{"params": params, "weight_decay": cfg.weight_decay if spec.decay else 0.0, "lr_scale": spec.lr_scale}
-            for spec, params in group_specs(model, cfg)]
+            for spec, params in group_specs(model, cfg, hidden_lr_scale)]
 
 
 @dataclass
@@ -443,15 +423,15 @@ class Trainer:
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        self.group_specs = [spec for spec, _ in group_specs(self.model, self.cfg)]
+        self.group_specs = [spec for spec, _ in group_specs(self.model, self.cfg, self.args.hidden_lr_scale)]
         self.lr_scales = [spec.lr_scale for spec in self.group_specs]
         if self.precision == "bf16-weights":
-            return AdamWLowPrecision(param_groups(self.model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+            return AdamWLowPrecision(param_groups(self.model, self.cfg, self.args.hidden_lr_scale), lr=self.cfg.lr, betas=tuple(self.cfg.betas),
                                      eps=self.cfg.eps, compile=self.cfg.compile)
         # fused: one kernel for all parameters, and `found_inf` lets the spike guard withhold an
         # update on the device (see _train_step)
         return torch.optim.AdamW(
-            param_groups(self.model, self.cfg), lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
+            param_groups(self.model, self.cfg, self.args.hidden_lr_scale), lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
             fused=True)
 
     def _state(self) -> TrainerState:
