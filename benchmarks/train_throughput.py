@@ -29,7 +29,7 @@ from llm360.cli import main as llm360_main
 from llm360.data.store import RunData
 from llm360.model.llama import Llama
 from llm360.train.schedule import lr_at
-from llm360.train.trainer import Trainer, apply_train_overrides, build_model_args, param_groups
+from llm360.train.trainer import Trainer, apply_train_overrides, build_model_args, group_specs, param_groups
 
 LARGER = {"dim": 384, "n_layers": 6, "n_heads": 6, "n_kv_heads": 6, "ffn_dim": 1024}
 
@@ -52,7 +52,7 @@ class BareLoop:
         self.model = Llama(args)
         self.model.init_weights(cfg.seed)
         self.t = cfg.train
-        self.opt = torch.optim.AdamW(param_groups(self.model, self.t), lr=self.t.lr, betas=tuple(self.t.betas), eps=self.t.eps,
+        self.opt = torch.optim.AdamW(param_groups(group_specs(self.model, self.t), self.t.weight_decay), lr=self.t.lr, betas=tuple(self.t.betas), eps=self.t.eps,
                                      fused=True)  # as the trainer: the overhead measured is the rest
         self.n_targets = self.data.global_batch_rows * self.data.seq_len
 

@@ -10,14 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from llm360.cli import main
-from llm360.errors import DiskFull, UserError
+from llm360.errors import DiskFull
 from llm360.lock import holder, lock_path, run_lock
 from llm360.train.trainer import apply_train_overrides, run_training
 from llm360.utils import read_jsonl

@@ -102,8 +102,7 @@ def cli_run(args) -> int:
 
 def cli_train(args) -> int:
     """`llm360 train RUN [--train.key=value ...]`: train (or resume), evaluating each checkpoint."""
-    run_dir = Path(args.run)
-    with run_lock(run_dir, "train"):
-        cfg = apply_train_overrides(run_dir, args.overrides)
-        result = run_training(run_dir, cfg, on_checkpoint=eval_hook(run_dir, cfg.eval))
+    run_dir = Path(args.run)  # the CLI holds the run's lock around this (llm360.cli._lock)
+    cfg = apply_train_overrides(run_dir, args.overrides)
+    result = run_training(run_dir, cfg, on_checkpoint=eval_hook(run_dir, cfg.eval))
     return 0 if result["finished"] else 1

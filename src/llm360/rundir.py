@@ -24,6 +24,7 @@ import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -43,7 +44,8 @@ DATA_CARD = "DATA_CARD.md"
 REPORT_FILE = "report/index.html"
 
 DATA_DIR = "data"
-MANIFEST_FILE = "data/manifest.json"
+MANIFEST_NAME = "manifest.json"  # inside data/
+MANIFEST_FILE = f"{DATA_DIR}/{MANIFEST_NAME}"
 TOKENIZER_DIR = "data/tokenizer"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKSUMS_FILE = "CHECKSUMS.sha256"
@@ -563,17 +565,14 @@ class Manifest:
     def total_steps(self) -> int:
         return self.step_rule.total_steps
 
-    @property
+    @cached_property
     def step_rule(self) -> StepRule:
         """Steps per chunk, chunk by chunk: its stage's, else the run's."""
-        rule = getattr(self, "_rule", None)
-        if rule is None:
-            steps = [self.steps_per_chunk] * self.n_chunks
-            for stage in self.stages:
-                for c in range(stage.first_chunk, min(stage.first_chunk + stage.chunks, self.n_chunks)):
-                    steps[c] = stage.steps_per_chunk or self.steps_per_chunk
-            rule = self._rule = StepRule(steps, self.steps_per_chunk, self.global_batch_rows)
-        return rule
+        steps = [self.steps_per_chunk] * self.n_chunks
+        for stage in self.stages:
+            for c in range(stage.first_chunk, min(stage.first_chunk + stage.chunks, self.n_chunks)):
+                steps[c] = stage.steps_per_chunk or self.steps_per_chunk
+        return StepRule(steps, self.steps_per_chunk, self.global_batch_rows)
 
     def rows_of_chunk(self, chunk: int) -> int:
         return self.step_rule.chunk_steps[chunk] * self.global_batch_rows

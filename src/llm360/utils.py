@@ -104,14 +104,14 @@ def json_line(record: dict) -> str:
     return json.dumps(clean, sort_keys=False, allow_nan=False) + "\n"
 
 
-def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line and flush it to disk, so a crash loses at most the line in flight
-    (and a line a crash left torn is cut first, or it would swallow this one)."""
+def append_jsonl(path: str | Path, *records: dict) -> None:
+    """Append JSON lines with one write and flush them to disk, so a crash loses at most the
+    lines in flight (and a line a crash left torn is cut first, or it would swallow these)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     repair_torn_tail(path)
     with naming_a_full_disk(path), open(path, "a", encoding="utf-8") as f:
-        f.write(json_line(record))
+        f.write("".join(json_line(r) for r in records))
         f.flush()
         os.fsync(f.fileno())
 

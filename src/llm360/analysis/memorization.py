@@ -39,7 +39,6 @@ scores.parquet (written atomically) at the end of each run, and a run skips the 
 
 from __future__ import annotations
 
-import json
 
 import math
 import os
@@ -56,7 +55,7 @@ from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.model.generate import generate
 from llm360.model.hf import load_hf
-from llm360.rundir import STATE_FILE, RunDir, StepRule, as_rule, checkpoint_problems
+from llm360.rundir import STATE_FILE, RunDir, StepRule, as_rule, checkpoint_problems, read_trainer_state
 from llm360.utils import append_jsonl, fsync_dir
 
 SCORE_COLUMNS = ("checkpoint", "step", "chunk", "row", "row_step", "seen", "score", "matched", "extractable",
@@ -277,8 +276,7 @@ def memorization(run_dir: str | Path, checkpoints=None, chunks=None, samples: in
 
 def skipped_steps(checkpoint: Path) -> list[int]:
     """The steps whose batch the spike guard skipped, up to this checkpoint (its trainer state)."""
-    path = Path(checkpoint) / STATE_FILE
-    return json.loads(path.read_text()).get("skipped_steps", []) if path.exists() else []
+    return read_trainer_state(checkpoint).skipped_steps if (Path(checkpoint) / STATE_FILE).exists() else []
 
 
 def _commit(folder: Path, info, chunk: int, scored: list[tuple[int, int]], k: int, l: int, rule: StepRule,

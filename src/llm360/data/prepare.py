@@ -55,7 +55,7 @@ from llm360.data.encode import (
 )
 from llm360.data.tokenizer import add_fim_tokens, load_existing, train_bpe, write_tokenizer_dir
 from llm360.errors import UserError
-from llm360.rundir import compute_fingerprint, pad_width
+from llm360.rundir import MANIFEST_NAME, RunDir, compute_fingerprint, pad_width
 from llm360.utils import atomic_write_json, fsync_dir, fsync_tree, replace_dir, sha256_file
 
 PREPARE_DIR = ".prepare"
@@ -377,7 +377,7 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
     started = time.time()
     run_dir = Path(run_dir).expanduser().absolute()
     workers = max(1, int(workers or cfg.data.workers))
-    manifest_path = run_dir / "data" / "manifest.json"
+    manifest_path = RunDir(run_dir).manifest_path
     removed = remove_dead_leftovers(run_dir)
     if removed:
         print(f"removed {len(removed)} staging folder(s) left by killed prepare runs: "
@@ -422,7 +422,7 @@ def prepare(cfg, run_dir: str | Path, workers: int | None = None, shard: tuple[i
             write_tokenizer_dir(tok["path"], data_dir / "tokenizer", tok["eos_token"], cfg.data.seq_len)
             manifest["config_sha256"] = config_sha256(cfg)
             manifest["fingerprint"] = compute_fingerprint(manifest)
-            atomic_write_json(data_dir / "manifest.json", manifest)
+            atomic_write_json(data_dir / MANIFEST_NAME, manifest)
             shutil.rmtree(work, ignore_errors=True)
             fsync_tree(data_dir)
             if fresh:

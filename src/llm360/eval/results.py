@@ -14,12 +14,11 @@ line is skipped with a warning naming it; the other lines still count.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from llm360.rundir import EVAL_LOG
-from llm360.utils import atomic_write_text, json_line, read_jsonl_report, repair_torn_tail
+from llm360.utils import append_jsonl, atomic_write_text, json_line, read_jsonl_report
 
 KEYS = ("checkpoint", "step", "tokens", "task", "metric", "value", "stderr", "n")
 
@@ -51,18 +50,13 @@ class EvalLog:
         """Append the lines of one (checkpoint, task); with replace, drop its old lines first."""
         if not records:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = "".join(json_line({k: r[k] for k in KEYS}) for r in records)  # strict JSON: NaN as null
+        lines = [{k: r[k] for k in KEYS} for r in records]  # strict JSON (json_line): NaN as null
         pairs = {(r["checkpoint"], r["task"]) for r in records}
         if replace and self.path.exists():
             kept = [r for r in self.read() if (r.get("checkpoint"), r.get("task")) not in pairs]
-            atomic_write_text(self.path, "".join(json_line(r) for r in kept) + text)
+            atomic_write_text(self.path, "".join(json_line(r) for r in kept + lines))
             return
-        repair_torn_tail(self.path)  # a line cut by a crash would swallow the first new one
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, *lines)
 
 
 class TensorBoard:

@@ -165,7 +165,7 @@ _warned: set[str] = set()
 
 
 def _heldout_sources(run_dir: Path) -> list[str]:
-    if not (run_dir / "data" / "manifest.json").exists():
+    if not RunDir(run_dir).manifest_path.exists():
         return []
 
     return RunData(run_dir).heldout_sources

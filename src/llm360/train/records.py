@@ -34,7 +34,6 @@ class Records:
         self._train_file = None
         if enabled:
             run.metrics_dir.mkdir(parents=True, exist_ok=True)
-            repair_torn_tail(self.events_log)  # a line cut by a crash would swallow the next event
             try:
                 from torch.utils.tensorboard import SummaryWriter
 

@@ -106,9 +106,10 @@ def group_specs(model: torch.nn.Module, cfg: TrainConfig, hidden_lr_scale: float
     return list(groups.items())
 
 
-def param_groups(model: torch.nn.Module, cfg: TrainConfig, hidden_lr_scale: float = 1.0) -> list[dict]:
-    return [{"params": params, "weight_decay": cfg.weight_decay if spec.decay else 0.0, "lr_scale": spec.lr_scale}
-            for spec, params in group_specs(model, cfg, hidden_lr_scale)]
+def param_groups(specs: list[tuple[GroupSpec, list]], weight_decay: float) -> list[dict]:
+    """The optimizer's groups of `group_specs`."""
+    return [{"params": params, "weight_decay": weight_decay if spec.decay else 0.0, "lr_scale": spec.lr_scale}
+            for spec, params in specs]
 
 
 @dataclass
@@ -423,16 +424,16 @@ class Trainer:
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        self.group_specs = [spec for spec, _ in group_specs(self.model, self.cfg, self.args.hidden_lr_scale)]
+        specs = group_specs(self.model, self.cfg, self.args.hidden_lr_scale)
+        self.group_specs = [spec for spec, _ in specs]
         self.lr_scales = [spec.lr_scale for spec in self.group_specs]
+        groups = param_groups(specs, self.cfg.weight_decay)
         if self.precision == "bf16-weights":
-            return AdamWLowPrecision(param_groups(self.model, self.cfg, self.args.hidden_lr_scale), lr=self.cfg.lr, betas=tuple(self.cfg.betas),
-                                     eps=self.cfg.eps, compile=self.cfg.compile)
+            return AdamWLowPrecision(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
+                                     compile=self.cfg.compile)
         # fused: one kernel for all parameters, and `found_inf` lets the spike guard withhold an
         # update on the device (see _train_step)
-        return torch.optim.AdamW(
-            param_groups(self.model, self.cfg, self.args.hidden_lr_scale), lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
-            fused=True)
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps, fused=True)
 
     def _state(self) -> TrainerState:
         p = self.position
@@ -582,7 +583,7 @@ def run_training(run_dir: Path, cfg: RunConfig, on_checkpoint: CheckpointHook | 
 def _changes(run_dir: Path, recorded: RunConfig, cfg: RunConfig) -> dict:
     old, new = to_dict(recorded), to_dict(cfg)
     keys = differences(old, new)
-    has_checkpoints = bool(RunData(run_dir).run.checkpoints(1)) if keys else False
+    has_checkpoints = bool(RunDir(run_dir).checkpoints(1)) if keys else False
     frozen = frozen_changes(keys, has_checkpoints)
     if frozen:
         raise UserError(f"{', '.join(frozen)} cannot change in a prepared run ({run_dir}/run.yaml is kept): the "
