@@ -112,9 +112,12 @@ def test_train_writes_checkpoints_and_records(tiny_run):
     assert names == ["ckpt_000", "ckpt_001", "ckpt_002", "init", "step_0000001", "step_0000002"]
     ckpt = tiny_run / "checkpoints" / "ckpt_001"
     for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-              "trainer_state/optimizer.safetensors", "trainer_state/state.json", "CHECKSUMS.sha256"]:
+              "trainer_state/shard-00000-of-00001.safetensors", "trainer_state/rng.safetensors",
+              "trainer_state/state.json", "CHECKSUMS.sha256"]:
         assert (ckpt / f).exists(), f
     state = json.loads((ckpt / "trainer_state" / "state.json").read_text())
+    assert state["files"] == ["trainer_state/shard-00000-of-00001.safetensors", "trainer_state/rng.safetensors"]
+    assert state["weights_dtype"] == "float32" and not state["master_weights"]
     assert state["steps_done"] == 6 and state["tokens"] == 6 * 4 * 32
     lines = read_jsonl(tiny_run / "metrics" / "train.jsonl")
     assert [r["step"] for r in lines] == list(range(9))
@@ -550,7 +553,7 @@ def test_bf16_weights_train_resume_exactly_and_keep_fp32_moments(tiny_run, tmp_p
     final = weights(tiny_run, "ckpt_002")
     assert all(t.dtype == torch.bfloat16 for t in final.values())
     assert_bitwise_equal(final, weights(twin, "ckpt_002"))  # the stochastic rounding resumed exactly
-    moments = load_file(tiny_run / "checkpoints" / "ckpt_002" / "trainer_state" / "optimizer.safetensors")
+    moments = load_file(tiny_run / "checkpoints" / "ckpt_002" / "trainer_state" / "shard-00000-of-00001.safetensors")
     assert moments and all(t.dtype == torch.float32 for t in moments.values())
     ours = [r["loss"] for r in read_jsonl(tiny_run / "metrics" / "train.jsonl")]
     ref = [r["loss"] for r in read_jsonl(reference_weights[1] / "metrics" / "train.jsonl")]

@@ -271,6 +271,9 @@ class TrainConfig(Section):
     deterministic: bool = True
     collective_timeout_minutes: float = Field(60, gt=0)  # how long ranks wait on each other (checkpoint writes)
     extra_checkpoint_steps: list[int] = []
+    # dtype of the published weights: auto = the training weights' (fp32, as LLM360 published;
+    # bf16 under bf16-weights); bf16 halves them, and the trainer state then keeps fp32 master weights
+    checkpoint_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     spike: SpikeConfig = SpikeConfig()
     fault_injection: FaultInjectionConfig = FaultInjectionConfig()
 

@@ -53,6 +53,8 @@ STATE_DIR = "trainer_state"
 STATE_FILE = "trainer_state/state.json"
 OPTIMIZER_FILE = "trainer_state/optimizer.safetensors"
 RNG_FILE = "trainer_state/rng.safetensors"
+# before trainer states listed their files: the whole optimizer state in one file
+LEGACY_STATE_FILES = (OPTIMIZER_FILE, RNG_FILE)
 METRICS_DIR = "metrics"
 TRAIN_LOG = "metrics/train.jsonl"
 EVENTS_LOG = "metrics/events.jsonl"
@@ -354,6 +356,11 @@ def checksum_problems(folder: str | Path) -> list[str]:
             problems.append(f"{folder.name}/{rel}: sha256 differs")
     problems += [f"{folder.name}/{rel}: not in {CHECKSUMS_FILE}" for rel in sorted(present - set(expected))]
     return problems
+
+
+def state_shard_file(rank: int, world: int) -> str:
+    """`trainer_state/shard-00001-of-00004.safetensors`: the trainer state rank 1 of 4 wrote."""
+    return f"{STATE_DIR}/shard-{rank:05d}-of-{world:05d}.safetensors"
 
 
 def checkpoint_problems(checkpoint: Checkpoint) -> list[str]:
@@ -658,6 +665,11 @@ class TrainerState:
     param_groups: list[dict] = field(default_factory=list)  # the optimizer's hyperparameters
     settings: dict = field(default_factory=dict)  # train.* in force when it was written
     saved_at: float = 0.0
+    # the trainer-state files besides state.json, relative to the checkpoint folder (empty in
+    # checkpoints written before they were listed: LEGACY_STATE_FILES)
+    files: list[str] = field(default_factory=list)
+    weights_dtype: str = ""  # of the published weights (config.json's torch_dtype)
+    master_weights: bool = False  # the trainer-state shards hold the fp32 weights (published lower)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -687,6 +699,40 @@ def read_trainer_state(checkpoint: Checkpoint | Path) -> TrainerState:
     except (OSError, ValueError, RecursionError) as e:
         raise UserError(f"{path}: not readable JSON ({str(e)[:80]})") from None
     return TrainerState.from_json(obj, str(path))
+
+
+def trainer_state_files(state: TrainerState) -> list[str]:
+    """The files (besides state.json) that make up a checkpoint's trainer state."""
+    return list(state.files) if state.files else list(LEGACY_STATE_FILES)
+
+
+def missing_trainer_state(checkpoint: Checkpoint) -> list[str]:
+    """The trainer-state files of `checkpoint` that are not there ([] when it can be resumed
+    from; every file when state.json itself is missing or unreadable). Reads state.json only."""
+    try:
+        state = read_trainer_state(checkpoint)
+    except UserError:
+        return [STATE_FILE]
+    return [rel for rel in trainer_state_files(state) if not (checkpoint.path / rel).is_file()]
+
+
+def has_trainer_state(checkpoint: Checkpoint) -> bool:
+    """Whether training can resume from `checkpoint` (its whole trainer state is there)."""
+    return not missing_trainer_state(checkpoint)
+
+
+def resume_problems(checkpoint: Checkpoint) -> list[str]:
+    """Why training must not resume from `checkpoint` ([] when it can): damaged, or a file of its
+    trainer state missing (a shard of a run written by another number of processes, say)."""
+    missing = missing_trainer_state(checkpoint)
+    if missing and missing != [STATE_FILE]:
+        try:
+            world = read_trainer_state(checkpoint).world_size
+        except UserError:
+            world = "?"
+        return [f"checkpoint {checkpoint.name} lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1
+                else "") + f" of the trainer state its {world} process(es) wrote, so it cannot be resumed from"]
+    return checkpoint_problems(checkpoint)
 
 
 # -- what prepare fixed ------------------------------------------------------------------------------

@@ -314,9 +314,11 @@ def save_hf(
     max_shard_bytes: int = 2 * 1024**3,
     bos_id: int | None = None,
     eos_id: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Write `model` (a Llama, wrapped or not, or its state dict) as a Hugging Face folder, in
-    the format of its architecture (see the module docstring).
+    the format of its architecture (see the module docstring). `model=None`: every file but the
+    weights, which `dtype` describes (a sharded checkpoint streams them, train/checkpoint.py).
 
     Files larger than max_shard_bytes in total are split into model-0000i-of-0000N.safetensors
     with model.safetensors.index.json. The tokenizer files found in tokenizer_dir are copied.
@@ -324,8 +326,8 @@ def save_hf(
     """
     fmt = FORMATS[checkpoint_format(args)]  # a model the format cannot hold stops before any file
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    tensors = to_hf_state_dict(state, args)
-    dtype = next(iter(tensors.values())).dtype  # the embeddings'
+    tensors = to_hf_state_dict(state, args) if state is not None else {}
+    dtype = dtype or next(iter(tensors.values())).dtype  # the embeddings'
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -345,7 +347,9 @@ def save_hf(
             size = 0
         shards[-1][name] = t
         size += nbytes
-    if len(shards) == 1:
+    if not tensors:
+        pass
+    elif len(shards) == 1:
         _write_safetensors(folder / "model.safetensors", shards[0])
     else:
         weight_map = {}

@@ -28,8 +28,8 @@ from llm360.config import (ModelConfig, RunConfig, TrainConfig, apply_override, 
 from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.model.llama import Llama, ModelArgs, flops_per_token, model_args, param_roles
-from llm360.rundir import (Checkpoint, CheckpointName, RunDir, TrainerState, checkpoint_problems, chunk_checkpoint_name, compute_fingerprint, frozen_changes,
-                           step_checkpoint_name)
+from llm360.rundir import (Checkpoint, CheckpointName, RunDir, TrainerState, chunk_checkpoint_name, compute_fingerprint,
+                           frozen_changes, resume_problems, step_checkpoint_name)
 from llm360.train import checkpoint as ckpt
 from llm360.train.parallel import (
     autocast,
@@ -448,7 +448,7 @@ class Trainer:
             model = Llama(self.args)
             model.init_weights(self.seed)
             ckpt.save_checkpoint(self.run_dir, "init", model, None, self._state(), self.args, self.data.tokenizer_dir,
-                                 collective=False)
+                                 collective=False, dtype=self.cfg.checkpoint_dtype)
             del model
         if dist.is_initialized():
             dist.barrier()
@@ -474,10 +474,10 @@ class Trainer:
         for info in reversed(self.data.run.checkpoints(self.data.rule)):
             if before_step is not None and info.steps_done > before_step:
                 continue
-            found = checkpoint_problems(info)
+            found = resume_problems(info)
             if not found:
                 return info
-            self.output.say(f"[yellow]warning:[/] checkpoint {info.name} is damaged ({found[0]}); skipping it")
+            self.output.say(f"[yellow]warning:[/] checkpoint {info.name} is damaged or incomplete ({found[0]}); skipping it")
             self.records.event("corrupt_checkpoint", info.steps_done, checkpoint=info.name, problems=found[:10])
         return None
 
@@ -529,7 +529,8 @@ class Trainer:
                                f"written (train.spike.action is {self.cfg.spike.action!r}); resume from the last "
                                "checkpoint with --train.spike.action=skip or rollback")
         ckpt.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self._state(), self.args,
-                             self.data.tokenizer_dir, kill_during_write=self.faults.kills_during(name))
+                             self.data.tokenizer_dir, kill_during_write=self.faults.kills_during(name),
+                             dtype=self.cfg.checkpoint_dtype)
         self.records.event("checkpoint", steps_done - 1, checkpoint=name, steps_done=steps_done,
                            tokens=self.position.tokens)
         self.faults.after_checkpoint(steps_done, self.records)
