@@ -537,6 +537,69 @@ def test_two_processes_match_one_and_resume_on_one(tiny_run, reference_weights, 
         assert torch.allclose(value, reference_weights[0][key], atol=1e-4), key
 
 
+
+# -- sharded checkpoints ------------------------------------------------------------------------
+
+
+def test_bf16_published_weights_resume_exactly_from_fp32_master_weights(tiny_run, reference_weights):
+    out = train_subprocess(tiny_run, "--train.checkpoint_dtype=bf16", "--train.fault_injection.exit_after_steps=[3]")
+    assert out.returncode == 17, out.stderr[-3000:]
+    ckpt = tiny_run / "checkpoints" / "ckpt_000"
+    assert json.loads((ckpt / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    state = json.loads((ckpt / "trainer_state" / "state.json").read_text())
+    assert state["weights_dtype"] == "bfloat16" and state["master_weights"]
+    out = train_subprocess(tiny_run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = weights(tiny_run, "ckpt_002")  # the uninterrupted fp32 run, rounded once at the end
+    assert_bitwise_equal(final, {k: v.to(torch.bfloat16) for k, v in reference_weights[0].items()})
+
+
+def test_a_checkpoint_missing_a_shard_of_another_world_size_is_passed_over(tiny_run, reference_weights):
+    out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[6]")
+    assert out.returncode == 17
+    # ckpt_001 as two processes would have left it with rank 1's file lost (and never listed)
+    ckpt = tiny_run / "checkpoints" / "ckpt_001"
+    (ckpt / "trainer_state" / "shard-00000-of-00001.safetensors").rename(
+        ckpt / "trainer_state" / "shard-00000-of-00002.safetensors")
+    state = json.loads((ckpt / "trainer_state" / "state.json").read_text())
+    state.update(world_size=2, files=["trainer_state/shard-00000-of-00002.safetensors",
+                                      "trainer_state/shard-00001-of-00002.safetensors", "trainer_state/rng.safetensors"])
+    (ckpt / "trainer_state" / "state.json").write_text(json.dumps(state))
+    from llm360.rundir import write_checksums
+
+    write_checksums(ckpt)  # its checksums are sound: only the listing says what is missing
+    out = train_subprocess(tiny_run, "--train.fault_injection.exit_after_steps=[]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = " ".join(out.stderr.split())
+    assert "ckpt_001 lacks trainer_state/shard-00001-of-00002.safetensors" in said
+    corrupt = [e for e in events(tiny_run) if e["kind"] == "corrupt_checkpoint"]
+    assert corrupt[-1]["checkpoint"] == "ckpt_001" and "shard-00001-of-00002" in corrupt[-1]["problems"][0]
+    assert [e for e in events(tiny_run) if e["kind"] == "resume"][-1]["checkpoint"] == "ckpt_000"
+    assert_bitwise_equal(weights(tiny_run, "ckpt_002"), reference_weights[0])
+
+
+def test_kill_9_of_one_of_two_processes_mid_write_leaves_the_old_checkpoint(tiny_run, reference_weights):
+    """Rank 1 dies by SIGKILL after writing its shard, before the barrier: ckpt_001 must not
+    exist, only its hidden temporary folder (with rank 0's files in it), which resume removes."""
+    out = train_subprocess(tiny_run, "--train.strategy=fsdp", "--train.micro_batch_rows=1",
+                           "--train.fault_injection.kill_in_checkpoint=[ckpt_001]", nproc=2)
+    assert out.returncode != 0
+    checkpoints = tiny_run / "checkpoints"
+    assert not (checkpoints / "ckpt_001").exists() and (checkpoints / "ckpt_000" / "CHECKSUMS.sha256").exists()
+    half, = [p for p in checkpoints.iterdir() if p.name.startswith(".ckpt_001.tmp-")]
+    assert (half / "trainer_state" / "shard-00000-of-00002.safetensors").exists()
+    assert not (half / "CHECKSUMS.sha256").exists()
+    out = train_subprocess(tiny_run, "--train.strategy=fsdp", "--train.micro_batch_rows=1",
+                           "--train.fault_injection.kill_in_checkpoint=[]", nproc=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not half.exists()
+    assert [e for e in events(tiny_run) if e["kind"] == "resume"][-1]["checkpoint"] == "ckpt_000"
+    state = json.loads((checkpoints / "ckpt_002" / "trainer_state" / "state.json").read_text())
+    assert state["files"][:2] == ["trainer_state/shard-00000-of-00002.safetensors",
+                                  "trainer_state/shard-00001-of-00002.safetensors"]
+    for key, value in weights(tiny_run, "ckpt_002").items():
+        assert torch.allclose(value, reference_weights[0][key], atol=1e-4), key
+
 # -- bf16 weights with fp32 optimizer state --------------------------------------------------------
 
 

@@ -126,16 +126,21 @@ class RowShards:
         if not shape:
             return self.where[name][0][0].get_tensor(name)
         end = shape[0] if end is None else end
+        if end <= start:  # a rank that holds none of its rows
+            return self.where[name][0][0].get_slice(name)[0:0]
         pieces, at = [], start
         for handle, first, last in sorted(self.where[name], key=lambda w: w[1]):
             if last <= at or first >= end:
                 continue
             if first > at:
-                break
+                self._missing(name, at, first)
             upto = min(last, end)
             pieces.append(handle.get_slice(name)[at - first:upto - first])
             at = upto
         if at < end:
-            raise UserError(f"checkpoint {self.checkpoint.name}: no trainer-state file holds rows {at}..{end - 1} "
-                            f"of {name}; its trainer_state/ is incomplete")
+            self._missing(name, at, end)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _missing(self, name: str, start: int, end: int):
+        raise UserError(f"checkpoint {self.checkpoint.name}: no trainer-state file holds rows {start}..{end - 1} "
+                        f"of {name}; its trainer_state/ is incomplete")
