@@ -53,6 +53,7 @@ def test_release_json_lists_every_file_and_the_facts(run):
                      {"name": "ckpt_000", "step": 3, "tokens": 384, "chunks_seen": 1},
                      {"name": "ckpt_001", "step": 6, "tokens": 768, "chunks_seen": 2},
                      {"name": "ckpt_002", "step": 9, "tokens": 1152, "chunks_seen": 3}]
+    assert {c["weights_dtype"] for c in record["checkpoints"]} == {"float32"}  # train.checkpoint_dtype: auto
 
 
 def test_release_again_is_idempotent_and_reuses_hashes(run, monkeypatch):
@@ -114,6 +115,7 @@ def test_cards_hold_the_facts(run):
     params = num_params(load_args(run / "checkpoints" / "ckpt_002"))
     assert f"{params:,}" in model
     assert "1,152" in model  # tokens
+    assert "| Published weights | float32 |" in model
     for name in ("init", "ckpt_000", "ckpt_001", "ckpt_002"):
         assert f"`{name}`" in model
     weights = sha256_file(run / "checkpoints" / "ckpt_002" / "model.safetensors")

@@ -71,6 +71,8 @@ def model_card(facts: Facts, config_sha256: str | None) -> str:
         md_table(["", ""], [
             ["Model", f"LLaMA-style decoder (preset {md_code(m.get('preset'))})"],
             ["Parameters", f"{thousands(params)} ({human(params)})" if params else "-"],
+            ["Published weights", ", ".join(sorted({str(c.get("weights_dtype") or "-") for c in facts.checkpoints}))
+             or "-"],
             ["Tokens trained", tokens_line(facts)],
             ["Optimizer steps", f"{thousands(facts.steps_done)} of {thousands(facts.total_steps)}"],
             ["Data", f"{len(facts.sources)} source(s), {len(facts.stages)} stage(s), {len(facts.chunks)} chunk(s); "

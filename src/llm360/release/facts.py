@@ -233,6 +233,7 @@ def checkpoint_table(run_dir: Path, rule: StepRule, tokens_per_step: int) -> lis
             "tokens": int(tokens) if _finite(tokens) else info.steps_done * tokens_per_step,
             "chunks_seen": rule.chunks_seen(info.steps_done),
             "weights_sha256": sums.get("model.safetensors") or sums.get("model.safetensors.index.json"),
+            "weights_dtype": _read_json(info.path / "config.json").get("torch_dtype"),  # train.checkpoint_dtype
             "skipped_steps": [s for s in _list(state.get("skipped_steps")) if isinstance(s, int)],
         })
     return rows

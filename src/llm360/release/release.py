@@ -104,7 +104,7 @@ def release_record(facts: Facts, created: float, files: list[dict], config_sha25
                  "global_batch_rows": facts.batch_rows, "steps_per_chunk": facts.steps_per_chunk},
         "tokens_trained": facts.tokens_trained,
         "steps_trained": facts.steps_done,
-        "checkpoints": [{k: c[k] for k in ("name", "step", "tokens", "chunks_seen", "weights_sha256")}
+        "checkpoints": [{k: c[k] for k in ("name", "step", "tokens", "chunks_seen", "weights_sha256", "weights_dtype")}
                         for c in facts.checkpoints],
         "documents": {"model_card": MODEL_CARD, "data_card": DATA_CARD, "report": REPORT},
         "totals": {"files": len(files), "bytes": sum(f["bytes"] for f in files)},
