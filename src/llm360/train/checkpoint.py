@@ -12,7 +12,7 @@
 
 Sharded (the default): every rank writes and hashes its own rows of the trainer state, in
 parallel, and the weights are gathered one parameter at a time, each weights file written by one
-rank (file i by rank i mod W), so no host ever holds the optimizer state of the whole model,
+rank (file i of N by rank i*W//N), so no host ever holds the optimizer state of the whole model,
 nor even the whole model. All ranks write into one hidden temporary folder; after a barrier rank
 0 merges the hashes into CHECKSUMS.sha256 and renames the folder into place: a crash leaves
 either the old state or the new one, never half of one. Any number of processes reads it back.
@@ -155,13 +155,13 @@ def _hf_tensors(model: torch.nn.Module, args):
 
 def _write_weights(model: torch.nn.Module, args, folder: Path, dtype: torch.dtype, rank: int, world: int,
                    max_shard_bytes: int) -> dict[str, str]:
-    """Stream the weights into their files, file i written by rank i mod W; {file: sha256} of this rank's."""
+    """Stream the weights into their files, file i of N written by rank i*W//N; {file: sha256} of this rank's."""
     files = _weight_files(args, dtype, max_shard_bytes)
     file_of = {hf: i for i, (_, entries) in enumerate(files) for hf, _ in entries}
     hashes, stream, written = {}, None, 0
     for hf, tensor in _hf_tensors(model, args):
         i = file_of[hf]
-        if i % world != rank:
+        if i * world // len(files) != rank:  # spread over the ranks (and so over the nodes)
             continue
         if stream is None:
             stream = SafetensorsStream(folder / files[i][0], [(n, dtype, shape) for n, shape in files[i][1]],
