@@ -211,9 +211,10 @@ def test_acc_norm_of_shared_continuation_choices_equals_lm_eval_winogrande(handm
     assert any(m["pred"] != m["pred_norm"] for m in ours)  # the normalisation matters on these items
 
 
-def test_lm_eval_harness_scores_one_context_per_choice_files_like_llm360(handmade, tmp_path):
+def test_lm_eval_harness_scores_one_context_per_choice_files_like_llm360(handmade, tmp_path, capfd):
     """A task file whose choices differ in the context runs under --harness lm-eval (as lm-eval's
-    multiple_input task) and both harnesses agree question by question."""
+    multiple_input task) and both harnesses agree question by question; lm-eval's progress bars
+    stay off stderr."""
     pytest.importorskip("lm_eval")
     pytest.importorskip("accelerate")
     from llm360.eval.harness import run_lm_eval
@@ -223,6 +224,8 @@ def test_lm_eval_harness_scores_one_context_per_choice_files_like_llm360(handmad
     spec = load_spec(str(write_jsonl(tmp_path / "wino.jsonl", [as_requests(d) for d in winogrande_docs()])))
     theirs = run_lm_eval(folder, [LmEvalTask(spec.name, spec=spec)], batch_size=16, max_questions=16,
                          device="cpu", log_samples=True)["lm-eval/local/wino"]
+    err = capfd.readouterr().err
+    assert "it/s]" not in err and "%|" not in err, err
     questions = load_questions(spec, max_questions=16)
     model, _ = load_hf(folder)
     ours = scoring.score_questions(model, load_tokenizer(folder), questions, batch_size=16)

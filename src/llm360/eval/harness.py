@@ -395,7 +395,9 @@ def _offline(enabled: bool):
 
 @contextlib.contextmanager
 def _quiet(enabled: bool):
-    """lm-eval, datasets and transformers log a lot at INFO level: keep them to errors."""
+    """lm-eval, datasets and transformers log a lot at INFO level: keep them to errors. Their
+    progress bars (tqdm: loading weights, tokenizing, requests) write to sys.stderr directly: keep
+    them off it too (logging's handlers keep their own stream, so errors still show)."""
     if not enabled:
         yield
         return
@@ -404,7 +406,7 @@ def _quiet(enabled: bool):
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
         for lg, level in zip(loggers, levels):
