@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -175,8 +175,6 @@ class Trainer:
         self.precision = resolve_precision(train.precision, self.dist.device)
         self._check_shapes()
         self.args = build_model_args(model, self.data.vocab_size, self.data.seq_len)
-        # checkpoints declare the context the model was trained on, not the preset's longer one
-        self.saved_args = replace(self.args, max_seq_len=self.data.seq_len)
         self.replaying = replay  # retrain without writing anything into the run
         self.records = Records(self.run_dir, enabled=self.dist.is_main and not replay)
         self.output = Output(self.dist.is_main, console)
@@ -449,7 +447,7 @@ class Trainer:
             torch.manual_seed(self.seed)
             model = Llama(self.args)
             model.init_weights(self.seed)
-            ckpt.save_checkpoint(self.run_dir, "init", model, None, self._state(), self.saved_args, self.data.tokenizer_dir,
+            ckpt.save_checkpoint(self.run_dir, "init", model, None, self._state(), self.args, self.data.tokenizer_dir,
                                  collective=False)
             del model
         if dist.is_initialized():
@@ -530,7 +528,7 @@ class Trainer:
             raise StopTraining(f"the weights are no longer finite after step {steps_done - 1}, so {name} is not "
                                f"written (train.spike.action is {self.cfg.spike.action!r}); resume from the last "
                                "checkpoint with --train.spike.action=skip or rollback")
-        ckpt.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self._state(), self.saved_args,
+        ckpt.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self._state(), self.args,
                              self.data.tokenizer_dir, kill_during_write=self.faults.kills_during(name))
         self.records.event("checkpoint", steps_done - 1, checkpoint=name, steps_done=steps_done,
                            tokens=self.position.tokens)
