@@ -357,3 +357,19 @@ def test_python_builtins_read_and_find_again():
     (unit,) = [u for u in code_units if u.rel == "json/decoder.py"]
     (rec,) = list(S.read_unit(unit))
     assert S.read_by_uri({"kind": "builtin", "builtin": "python-code", "root": "python:stdlib"}, "json/decoder.py") == rec.text
+
+
+def test_a_one_file_corpus_over_max_chars_is_named_with_the_reason(tmp_path, capsys):
+    """Tiny Shakespeare's shape: one text file longer than data.filters.max_chars. The refusal
+    names the file, its length, the limit and the key to change."""
+    (tmp_path / "t").mkdir()
+    big = tmp_path / "t" / "input.txt"
+    big.write_text("\n".join(make_docs(400, seed=35)))
+    size = len(big.read_text())
+    tree = base_tree([{"name": "t", "kind": "text", "paths": ["t"]}], filters={"max_chars": size // 2},
+                     stages=[{"name": "s", "chunks": 1, "mix": {"t": 1}}])
+    rc, _, err = cli(["prepare", write_config(tmp_path, tree), "--out", tmp_path / "run"], capsys)
+    assert rc == 2
+    assert f"{big}: {size} characters, more than data.filters.max_chars ({size // 2})" in err, err
+    assert "no document passed the filters" in err
+    assert "Traceback" not in err

@@ -133,6 +133,116 @@ def test_acc_equals_lm_eval_question_by_question(which, request, tmp_path):
             assert result["metrics"][metric]["stderr"] == pytest.approx(value["stderr"], abs=1e-9)
 
 
+def winogrande_docs(n: int = 24, seed: int = 0) -> list[dict]:
+    """WinoGrande-shaped items (sentence with a blank, two options of different lengths, answer "1"/"2")."""
+    rng = random.Random(seed)
+    names = ["Ann", "Bartholomew", "Cy", "Dorothea", "Ed", "Maximilian", "Jo", "Evangeline"]
+    verbs = ["thanked", "helped", "called", "visited", "followed"]
+    rests = ["was tired.", "had left early.", "liked the garden.", "could not sleep.", "won the game."]
+    docs = []
+    for i in range(n):
+        a, b = rng.sample(names, 2)
+        docs.append({"id": f"w{i}", "sentence": f"{a} {rng.choice(verbs)} {b} because _ {rng.choice(rests)}",
+                     "option1": a, "option2": b, "answer": rng.choice("12")})
+    return docs
+
+
+def as_requests(doc: dict) -> dict:
+    """A WinoGrande item in the benchmarks format, split as lm-eval's winogrande task splits it:
+    the choice is the sentence up to the blank with the option, the continuation the rest."""
+    cut = doc["sentence"].index("_")
+    rest = " " + doc["sentence"][cut + 1:].strip()
+    return {"id": doc["id"], "requests": [[doc["sentence"][:cut] + o, rest] for o in (doc["option1"], doc["option2"])],
+            "label": int(doc["answer"]) - 1}
+
+
+def lm_eval_winogrande(folder: Path, docs: list[dict], tmp: Path) -> list[dict]:
+    """lm-eval's own winogrande task definition (its preprocess functions, acc and acc_norm) on
+    these items, offline: each item's sample record (lls, acc, acc_norm) in item order."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from llm360.eval.harness import _offline
+
+    here = tmp / "wino_task"
+    here.mkdir()
+    shutil.copy(Path(lm_eval.__file__).parent / "tasks" / "winogrande" / "preprocess_winogrande.py", here)
+    data = write_jsonl(here / "wino.jsonl", docs)
+    (here / "wino_oracle.yaml").write_text(f"""task: wino_oracle
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {data}}}, cache_dir: {tmp / 'cache'}}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: !function preprocess_winogrande.doc_to_text
+doc_to_target: !function preprocess_winogrande.doc_to_target
+doc_to_choice: !function preprocess_winogrande.doc_to_choice
+metric_list:
+  - {{metric: acc, aggregation: mean, higher_is_better: true}}
+  - {{metric: acc_norm, aggregation: mean, higher_is_better: true}}
+metadata: {{version: 1.0}}
+""")
+    with _offline(True):
+        manager = TaskManager(include_path=str(here), include_defaults=False)
+        model = HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=16)
+        result = lm_eval.simple_evaluate(model=model, tasks=["wino_oracle"], task_manager=manager, num_fewshot=0,
+                                         log_samples=True, verbosity="ERROR")
+    return sorted(result["samples"]["wino_oracle"], key=lambda s: s["doc_id"])
+
+
+def test_acc_norm_of_shared_continuation_choices_equals_lm_eval_winogrande(handmade, tmp_path):
+    """Choices that differ in the context and share the continuation (WinoGrande's partial
+    evaluation): acc_norm divides by the context's length as lm-eval's winogrande task does, so
+    acc and acc_norm equal lm-eval's question by question, and acc_norm is not acc."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    folder = handmade / "checkpoints" / "ckpt_000"
+    docs = winogrande_docs()
+    theirs = lm_eval_winogrande(folder, docs, tmp_path)
+    path = write_jsonl(tmp_path / "wino.jsonl", [as_requests(d) for d in docs])
+    questions = read_task_file(path)
+    model, _ = load_hf(folder)
+    ours = scoring.score_questions(model, load_tokenizer(folder), questions, batch_size=16)
+    assert len(theirs) == len(ours) == len(docs)
+    for q, mine, s in zip(questions, ours, theirs):
+        assert s["doc"]["answer"] == str(q.label + 1)
+        np.testing.assert_allclose(mine["lls"], [float(r[0]) for r in s["filtered_resps"]], atol=1e-4, rtol=0)
+        assert (mine["acc"], mine["acc_norm"]) == (s["acc"], s["acc_norm"]), q.id
+    assert any(m["pred"] != m["pred_norm"] for m in ours)  # the normalisation matters on these items
+
+
+def test_lm_eval_harness_scores_one_context_per_choice_files_like_llm360(handmade, tmp_path, capfd):
+    """A task file whose choices differ in the context runs under --harness lm-eval (as lm-eval's
+    multiple_input task) and both harnesses agree question by question; lm-eval's progress bars
+    stay off stderr."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    from llm360.eval.harness import run_lm_eval
+    from llm360.eval.tasks import LmEvalTask, load_spec
+
+    folder = handmade / "checkpoints" / "ckpt_000"
+    spec = load_spec(str(write_jsonl(tmp_path / "wino.jsonl", [as_requests(d) for d in winogrande_docs()])))
+    theirs = run_lm_eval(folder, [LmEvalTask(spec.name, spec=spec)], batch_size=16, max_questions=16,
+                         device="cpu", log_samples=True)["lm-eval/local/wino"]
+    err = capfd.readouterr().err
+    assert "it/s]" not in err and "%|" not in err, err
+    questions = load_questions(spec, max_questions=16)
+    model, _ = load_hf(folder)
+    ours = scoring.score_questions(model, load_tokenizer(folder), questions, batch_size=16)
+    samples = sorted(theirs["samples"], key=lambda s: s["doc_id"])
+    assert len(samples) == len(ours) == 16
+    for q, mine, s in zip(questions, ours, samples):
+        np.testing.assert_allclose(mine["lls"], s["lls"], atol=1e-4, rtol=0, err_msg=q.id)
+        assert (mine["acc"], mine["acc_norm"]) == (s["acc"], s["acc_norm"]), q.id
+    for metric, value in scoring.mc_metrics(ours).items():
+        assert theirs["metrics"][metric]["value"] == pytest.approx(value["value"], abs=1e-12)
+
+    both = write_jsonl(tmp_path / "both.jsonl", [as_requests(winogrande_docs(1)[0]),
+                                                 {"id": "x", "requests": [["A", " b"], ["C", " d"]], "label": 0}])
+    with pytest.raises(UserError, match=rf"{both}:2: lm-eval needs one context or one continuation per question"):
+        run_lm_eval(folder, [LmEvalTask("both", spec=load_spec(str(both)))], device="cpu")
+
+
 def test_lm_eval_harness_writes_eval_jsonl_like_llm360(trained, bench, tmp_path):
     pytest.importorskip("lm_eval")
     pytest.importorskip("accelerate")
@@ -240,6 +350,45 @@ def test_eval_jsonl_keys_skip_and_force(handmade, bench, tmp_path, monkeypatch):
     key = lambda r: (r["checkpoint"], r["task"], r["metric"])
     assert sorted(map(key, again)) == sorted(map(key, lines))
     assert {json.dumps(r, sort_keys=True) for r in again} == {json.dumps(r, sort_keys=True) for r in lines}
+
+
+def test_results_are_keyed_by_task_content_not_file_name(handmade, bench, tmp_path, monkeypatch):
+    """Another copa.jsonl in another folder is another task: it is evaluated, and both sets of
+    lines stay in eval.jsonl, told apart by task_sha256; so is another sample of the same file.
+    Lines written before task_sha256 existed still count as on record."""
+    from llm360.model import hf
+
+    run = copy_run(handmade, tmp_path / "run")
+    docs = arc_sample(12)
+    first = write_jsonl(tmp_path / "a" / "copa.jsonl", docs[:6])
+    second = write_jsonl(tmp_path / "b" / "copa.jsonl", docs[6:])
+    cfg = cfg_of(run)
+    a = evaluate_checkpoint(run, "ckpt_000", cfg, tasks=[str(first)])
+    b = evaluate_checkpoint(run, "ckpt_000", cfg, tasks=[str(second)])
+    assert {r["task"] for r in a + b} == {"copa"}
+    assert len({r["task_sha256"] for r in a}) == len({r["task_sha256"] for r in b}) == 1
+    assert a[0]["task_sha256"] != b[0]["task_sha256"]
+    lines = read_jsonl(run / "metrics" / "eval.jsonl")
+    assert len(lines) == 4 and lines[:2] == a and lines[2:] == b
+
+    with monkeypatch.context() as m:  # the same content again, from a copy elsewhere: on record
+        m.setattr(hf, "load_hf", lambda *a, **k: pytest.fail("evaluated again"))
+        copy = write_jsonl(tmp_path / "c" / "copa.jsonl", docs[:6])
+        assert evaluate_checkpoint(run, "ckpt_000", cfg, tasks=[str(copy)]) == a
+    smaller = evaluate_checkpoint(run, "ckpt_000", cfg_of(run, max_questions=3), tasks=[str(first)])
+    assert smaller[0]["n"] == 3 and smaller[0]["task_sha256"] not in {a[0]["task_sha256"], b[0]["task_sha256"]}
+
+    # --force replaces only the lines of its own content
+    evaluate_checkpoint(run, "ckpt_000", cfg, tasks=[str(second)], force=True)
+    assert sorted(r["task_sha256"] for r in read_jsonl(run / "metrics" / "eval.jsonl")) == sorted(
+        r["task_sha256"] for r in a + smaller + b)
+
+    # an eval.jsonl from before task_sha256: its lines read, and count as on record
+    old = [{k: v for k, v in r.items() if k != "task_sha256"} for r in a]
+    write_jsonl(run / "metrics" / "eval.jsonl", old)
+    with monkeypatch.context() as m:
+        m.setattr(hf, "load_hf", lambda *a, **k: pytest.fail("evaluated again"))
+        assert evaluate_checkpoint(run, "ckpt_000", cfg, tasks=[str(first)]) == old
 
 
 def test_cli_eval_json_and_checkpoint_selection(handmade, bench, tmp_path, capsys):

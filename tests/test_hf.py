@@ -223,3 +223,40 @@ def test_weight_file_problems(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(UserError, match="safetensors files only"):
         load_hf(tmp_path)
+
+
+def test_trained_checkpoints_declare_their_context_and_end_of_text(tiny_run):
+    """config.json says the tokenizer's end-of-text id, as does generation_config.json, so
+    transformers' generate stops on it; the init checkpoint too. Older folders without it still load."""
+    import transformers
+
+    from llm360.config import load_run_config
+    from llm360.train.trainer import run_training
+
+    run_training(tiny_run, load_run_config(tiny_run))
+    manifest = json.loads((tiny_run / "data" / "manifest.json").read_text())
+    eos = manifest["tokenizer"]["eos_id"]
+    for name in ("init", "ckpt_002"):
+        folder = tiny_run / "checkpoints" / name
+        config = json.loads((folder / "config.json").read_text())
+        assert (config["eos_token_id"], config["bos_token_id"]) == (eos, None)
+        assert json.loads((folder / "generation_config.json").read_text()) == {"eos_token_id": eos}
+
+    # a model whose logits are all equal picks token 0 greedily: the end-of-text of llm360's tokenizers
+    assert eos == 0
+    folder = tiny_run / "checkpoints" / "ckpt_002"
+    state = load_state_dict(folder)
+    args = load_args(folder)
+    key = "tok_embeddings.weight" if args.tie_embeddings else "output.weight"
+    state[key] = torch.zeros_like(state[key])
+    out = tiny_run / "flat"
+    save_hf(state, args, out, tokenizer_dir=tiny_run / "data" / "tokenizer")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([[5, 6, 7]])
+    generated = hf.generate(ids, max_new_tokens=6, do_sample=False)
+    assert generated[0, 3:].tolist() == [eos]  # stopped at end-of-text, not after 6 tokens
+
+    # a folder from before: no eos, the preset's context
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": None, "max_position_embeddings": 512}))
+    assert load_args(folder).max_seq_len == 512 and load_hf(folder)[0] is not None

@@ -130,6 +130,13 @@ def test_cards_hold_the_facts(run):
         assert chunk["sha256"] in data
     assert "| one | 0..1 | prose 100% | prose 24 |" in data  # stages and mixtures
     assert "| 4 | 1 | \\[4, 8) | nonfinite |" in data  # the batch the model did not see
+    # and the prepared rows in no chunk (counted from the chunks), the tail tokens and held-out rows
+    source = manifest["sources"][0]
+    in_chunks = sum(c["rows_per_source"]["prose"] for c in manifest["chunks"])
+    assert in_chunks < source["train_rows"] and source["tail_tokens_dropped"] > 0
+    assert (f"| prose | {source['train_rows'] - in_chunks:,} | {source['tail_tokens_dropped']:,} | "
+            f"{source['heldout_rows']:,} |") in data
+    assert "None: every" not in data
 
 
 # -- export hf -----------------------------------------------------------------------------

@@ -171,3 +171,57 @@ def test_unsafe_path_rules():
     assert link_leaves("/r", "a/link", "../../b") is True
     assert link_leaves("/r", "link", "/etc") is True
     assert link_leaves("/r", "a/b/link", "c/../../d") is False
+
+
+def copy_weights(run: Path, source: str, target: str, change=None) -> None:
+    """Checkpoint `target`'s weights replaced by `source`'s (changed by `change`, a function of the
+    tensors), its CHECKSUMS.sha256 and release.json rewritten to match: every hash checks out."""
+    from safetensors.torch import load_file, save_file
+
+    from llm360.rundir import write_checksums
+
+    tensors = load_file(run / "checkpoints" / source / "model.safetensors")
+    if change is not None:
+        tensors = change(tensors)
+    save_file(tensors, run / "checkpoints" / target / "model.safetensors")
+    (run / "checkpoints" / target / "CHECKSUMS.sha256").unlink()
+    write_checksums(run / "checkpoints" / target)
+    reseal(run)
+
+
+def frozen(run: Path) -> list:
+    return [f for f in check(run).findings if f.kind == "frozen"]
+
+
+def test_a_frozen_checkpoint_is_found(run):
+    """ckpt_001 holding ckpt_000's weights, with every checksum rewritten: only the weights
+    themselves show it (a normal run has no such finding)."""
+    assert frozen(run) == []
+    copy_weights(run, "ckpt_000", "ckpt_001")
+    found = frozen(run)
+    assert [(f.path, f.kind) for f in found] == [("checkpoints/ckpt_001", "frozen")]
+    assert "identical to ckpt_000's" in found[0].message and "2 optimizer step(s)" in found[0].message  # step 4 skipped
+    assert [str(f) for f in check(run).findings if "ckpt_001" in f.path] == [str(f) for f in found]  # no other check sees it
+    assert main(["verify", str(run)]) == 1
+
+
+def test_an_update_too_small_for_the_recorded_lr_is_found(run):
+    """ckpt_001 = ckpt_000 plus a nudge of 1e-9 per weight: not identical, but far less than two
+    AdamW steps at the recorded learning rate move the weights."""
+    import torch
+
+    copy_weights(run, "ckpt_000", "ckpt_001", change=lambda ts: {k: v + 1e-9 * torch.sign(torch.randn_like(v))
+                                                                 for k, v in ts.items()})
+    found = frozen(run)
+    assert [f.path for f in found] == ["checkpoints/ckpt_001"] and "under the" in found[0].message
+
+
+def test_skipped_steps_are_no_update_to_expect(run):
+    """A checkpoint equal to the one before it is no finding when its state says that every step
+    between them was skipped (the spike guard withheld their updates)."""
+    state_path = run / "checkpoints" / "ckpt_001" / "trainer_state" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["skipped_steps"] = sorted(set(state["skipped_steps"]) | {3, 4, 5})
+    state_path.write_text(json.dumps(state))
+    copy_weights(run, "ckpt_000", "ckpt_001")
+    assert frozen(run) == []

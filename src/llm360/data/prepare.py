@@ -180,7 +180,7 @@ def draw_sample(cfg, plan: S.Plan, pool, workers: int, report: Reporter):
     """The tokenizer's training text (see tokenizer.py), units read whole for reuse, strict problems."""
     d = cfg.data
     left = d.tokenizer.sample_chars
-    texts, cache, problems = [], {}, []
+    texts, cache, problems, dropped = [], {}, [], []
     report.start("sample text", left, unit="chars")
     n = len(plan.sources)
     for si, sp in enumerate(plan.sources):
@@ -197,6 +197,8 @@ def draw_sample(cfg, plan: S.Plan, pool, workers: int, report: Reporter):
                 if rec.reason:
                     if rec.reason in S.BROKEN_REASONS:  # strict stops on these, not on filtered ones
                         problems.append((index, pos, rec))
+                    elif len(dropped) < 3:  # named if nothing passes the filters
+                        dropped.append(S.message(plan.units[index], rec))
                 elif got < share:
                     piece = rec.text[: share - got]
                     texts.append(piece)
@@ -206,6 +208,10 @@ def draw_sample(cfg, plan: S.Plan, pool, workers: int, report: Reporter):
                 break
         gen.close()
         left -= got
+    if not texts and not (problems and d.strict):  # strict names its problem first
+        why = f": {'; '.join(dropped)}" if dropped else " (the sources have no text)"
+        raise UserError(f"no document passed the filters, so there is no text to train the tokenizer on{why}; "
+                        "check data.sources and data.filters")
     return texts, cache, problems
 
 
@@ -237,9 +243,6 @@ def obtain_tokenizer(cfg, plan: S.Plan, pool, workers: int, work: Path, report: 
     if problems and cfg.data.strict:
         index, _, rec = min(problems, key=lambda p: p[:2])
         raise UserError(S.message(plan.units[index], rec))
-    if not texts:
-        raise UserError("no document passed the filters, so there is no text to train the tokenizer on; "
-                        "check data.sources and data.filters")
     report.start(f"train tokenizer ({tcfg.vocab_size})", None)
     tok = train_bpe(texts, tcfg.vocab_size, fim=cfg.data.uses_fim())
     work.mkdir(parents=True, exist_ok=True)

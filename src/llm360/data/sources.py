@@ -552,9 +552,9 @@ def _filter(text: str, min_chars: int, max_chars: int) -> tuple[str | None, str]
         return "empty", "empty text"
     n = len(text)
     if n < min_chars:
-        return "too_short", f"{n} characters, fewer than filters.min_chars ({min_chars})"
+        return "too_short", f"{n} characters, fewer than data.filters.min_chars ({min_chars}), so it was dropped"
     if n > max_chars:
-        return "too_long", f"{n} characters, more than filters.max_chars ({max_chars})"
+        return "too_long", f"{n} characters, more than data.filters.max_chars ({max_chars}), so it was dropped"
     return None, ""
 
 

@@ -24,6 +24,12 @@ and given to lm-eval's TaskManager as an include path, with the data read offlin
     doc_to_target: label                                             # question format: gold
     target_delimiter: ""                          # the continuations start with their space
 
+A benchmarks-format file whose choices differ in the context (WinoGrande's shape: one context per
+choice, one shared continuation) is written as lm-eval's `multiple_input` task instead: each
+question as {"id", "label", "contexts", "continuation"}, with doc_to_text: label (an integer: the
+gold index), doc_to_choice: contexts, doc_to_target: continuation. A question of such a file
+whose choices differ in the continuation too cannot be written for lm-eval and is refused by line.
+
 The questions given to lm-eval are the same seeded sample llm360 scores (`eval.max_questions`);
 for lm-eval's own tasks the sample is lm-eval's `limit` (the first N documents).
 """
@@ -211,17 +217,12 @@ def write_local_task(task: LmEvalTask, folder: Path, max_questions: int | None =
         raise UserError(f"{spec.data}: lm-eval needs one format per task file; this one mixes the "
                         "benchmarks format (requests) and the question format (question, choices)")
     benchmarks = formats == {True}
-    if benchmarks:
-        for q in questions:
-            if len({c for c, _ in q.requests}) > 1:
-                raise UserError(f"{spec.data}:{q.line}: lm-eval's multiple_choice tasks need one context "
-                                "per question, this question has several")
+    multiple_input = benchmarks and any(len({c for c, _ in q.requests}) > 1 for q in questions)
     name = LOCAL_PREFIX + spec.name
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(q.doc, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
-    files = {"test": str(data)}
+    files = {"test": _write_docs(folder / f"{name}.jsonl", spec.data, questions, multiple_input)}
     if spec.fewshot is not None and spec.num_fewshot:
-        files["train"] = str(spec.fewshot)
+        pool = read_task_file(spec.fewshot, spec)
+        files["train"] = _write_docs(folder / f"{name}.fewshot.jsonl", spec.fewshot, pool, multiple_input)
     config = {
         "task": name,
         "dataset_path": "json",
@@ -234,7 +235,10 @@ def write_local_task(task: LmEvalTask, folder: Path, max_questions: int | None =
     }
     if "train" in files:
         config["fewshot_split"] = "train"
-    if benchmarks:
+    if multiple_input:  # lm-eval's multiple_input: doc_to_text gives the gold index, the choices are contexts
+        config.update(doc_to_text="label", doc_to_choice="contexts", doc_to_target="continuation",
+                      target_delimiter="")
+    elif benchmarks:
         config.update(doc_to_text="{{requests[0][0]}}", doc_to_choice="{{requests | map(attribute=1) | list}}",
                       doc_to_target="label", target_delimiter="")
     else:
@@ -242,6 +246,24 @@ def write_local_task(task: LmEvalTask, folder: Path, max_questions: int | None =
                       doc_to_target="gold", target_delimiter=spec.target_delimiter)
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return name
+
+
+def _write_docs(path: Path, source: Path, questions: list, multiple_input: bool) -> str:
+    """The questions as lm-eval reads them: as written, or for a task whose choices differ in
+    the context, {"id", "label", "contexts", "continuation"} (one continuation per question)."""
+    if multiple_input:
+        docs = []
+        for q in questions:
+            if len({x for _, x in q.requests}) > 1:
+                raise UserError(f"{source}:{q.line}: lm-eval needs one context or one continuation per question; "
+                                "this file has questions whose choices differ in the context, and this one's "
+                                "differ in the continuation too")
+            docs.append({"id": q.id, "label": q.label, "contexts": [c for c, _ in q.requests],
+                         "continuation": q.requests[0][1]})
+    else:
+        docs = [q.doc for q in questions]
+    path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +395,9 @@ def _offline(enabled: bool):
 
 @contextlib.contextmanager
 def _quiet(enabled: bool):
-    """lm-eval, datasets and transformers log a lot at INFO level: keep them to errors."""
+    """lm-eval, datasets and transformers log a lot at INFO level: keep them to errors. Their
+    progress bars (tqdm: loading weights, tokenizing, requests) write to sys.stderr directly: keep
+    them off it too (logging's handlers keep their own stream, so errors still show)."""
     if not enabled:
         yield
         return
@@ -382,7 +406,7 @@ def _quiet(enabled: bool):
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
         for lg, level in zip(loggers, levels):

@@ -2,14 +2,19 @@
 
 One line per (checkpoint, task, metric):
 
-    {"checkpoint": "ckpt_002", "step": 9, "tokens": 1152, "task": "arc_easy", "metric": "acc",
-     "value": 0.27, "stderr": 0.044, "n": 100}
+    {"checkpoint": "ckpt_002", "step": 9, "tokens": 1152, "task": "arc_easy",
+     "task_sha256": "9f2c...", "metric": "acc", "value": 0.27, "stderr": 0.044, "n": 100}
 
 step and tokens are the checkpoint's optimizer steps done and trained tokens (its
-trainer_state/state.json). The lines of one (checkpoint, task) are written with one write, so a
-crash leaves all of them or (after the torn-line repair below) none; a pair on record is not
-evaluated again unless forced, and then its old lines are replaced, never duplicated. A damaged
-line is skipped with a warning naming it; the other lines still count.
+trainer_state/state.json). task_sha256 is the task's content key (`llm360.eval.tasks.task_sha256`;
+null for held-out data and lm-eval's own tasks). A (checkpoint, task) is on record when it has
+lines with the same task_sha256, or lines without the key (written before it existed); lines of
+another content under the same task name stay in the file, told apart by their task_sha256, and
+readers that show one value per (checkpoint, task, metric) take the latest line. The lines of
+one (checkpoint, task) are written with one write, so a crash leaves all of them or (after the
+torn-line repair below) none; a pair on record is not evaluated again unless forced, and then
+its old lines (same content or no key) are replaced, never duplicated. A damaged line is
+skipped with a warning naming it; the other lines still count.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from pathlib import Path
 from llm360.rundir import EVAL_LOG
 from llm360.utils import append_jsonl, atomic_write_text, json_line, read_jsonl_report
 
-KEYS = ("checkpoint", "step", "tokens", "task", "metric", "value", "stderr", "n")
+KEYS = ("checkpoint", "step", "tokens", "task", "task_sha256", "metric", "value", "stderr", "n")
+
+
+def same_task(record: dict, task_sha256: str | None) -> bool:
+    """Whether a line is of this task content (a line without the key, or no key asked, counts)."""
+    return task_sha256 is None or record.get("task_sha256") in (None, task_sha256)
 
 
 class EvalLog:
@@ -38,22 +48,24 @@ class EvalLog:
                       file=sys.stderr)
         return records
 
-    def done(self, checkpoint: str, task: str, metrics: tuple[str, ...] = ()) -> bool:
-        """Whether (checkpoint, task) is on record, with all of `metrics` when given."""
-        found = {r.get("metric") for r in self.read() if r.get("checkpoint") == checkpoint and r.get("task") == task}
+    def done(self, checkpoint: str, task: str, metrics: tuple[str, ...] = (), task_sha256: str | None = None) -> bool:
+        """Whether (checkpoint, task) of this content is on record, with all of `metrics` when given."""
+        found = {r.get("metric") for r in self.records(checkpoint, task, task_sha256)}
         return bool(found) and set(metrics) <= found
 
-    def records(self, checkpoint: str, task: str | None = None) -> list[dict]:
-        return [r for r in self.read() if r.get("checkpoint") == checkpoint and (task is None or r.get("task") == task)]
+    def records(self, checkpoint: str, task: str | None = None, task_sha256: str | None = None) -> list[dict]:
+        return [r for r in self.read() if r.get("checkpoint") == checkpoint
+                and (task is None or r.get("task") == task) and same_task(r, task_sha256)]
 
     def write(self, records: list[dict], replace: bool = False) -> None:
         """Append the lines of one (checkpoint, task); with replace, drop its old lines first."""
         if not records:
             return
-        lines = [{k: r[k] for k in KEYS} for r in records]  # strict JSON (json_line): NaN as null
-        pairs = {(r["checkpoint"], r["task"]) for r in records}
+        lines = [{k: r.get(k) for k in KEYS} for r in records]  # strict JSON (json_line): NaN as null
+        keys = {(r["checkpoint"], r["task"]): r.get("task_sha256") for r in records}
         if replace and self.path.exists():
-            kept = [r for r in self.read() if (r.get("checkpoint"), r.get("task")) not in pairs]
+            kept = [r for r in self.read() if (r.get("checkpoint"), r.get("task")) not in keys
+                    or not same_task(r, keys[r.get("checkpoint"), r.get("task")])]
             atomic_write_text(self.path, "".join(json_line(r) for r in kept + lines))
             return
         append_jsonl(self.path, *lines)

@@ -26,7 +26,7 @@ from llm360.errors import UserError
 from llm360.data.store import RunData
 from llm360.eval.harness import Harness, get_harness
 from llm360.eval.results import EvalLog, TensorBoard
-from llm360.eval.tasks import HeldoutTask, Task, resolve_tasks
+from llm360.eval.tasks import HeldoutTask, Task, resolve_tasks, task_sha256
 from llm360.rundir import RunDir, StepRule, checkpoint_problems, read_manifest, read_trainer_state
 
 
@@ -116,7 +116,8 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
     console = _console(console)
     todo_tasks = _tasks(run_dir, eval_cfg, tasks, scorer, console)
     log = EvalLog(run_dir)
-    todo = [t for t in todo_tasks if force or not log.done(name, t.label, t.metrics)]
+    digests = {t.label: task_sha256(t, eval_cfg.max_questions) for t in todo_tasks}  # results keyed by content
+    todo = [t for t in todo_tasks if force or not log.done(name, t.label, t.metrics, digests[t.label])]
     if todo:
         found = checkpoint_problems(info)
         if found:
@@ -126,13 +127,13 @@ def evaluate_checkpoint(run_dir: str | Path, name: str, eval_cfg: EvalConfig, *,
         tb = TensorBoard(run_dir)
         try:
             for task, metrics in scorer.run(run_dir, info.path, todo, eval_cfg, console):
-                new = [{**where, "task": task.label, "metric": m, **v} for m, v in metrics.items()]
+                new = [{**where, "task": task.label, "task_sha256": digests[task.label], "metric": m, **v}
+                       for m, v in metrics.items()]
                 log.write(new, replace=force)
                 tb.write(new)
         finally:
             tb.close()
-    labels = {t.label for t in todo_tasks}
-    records = [r for r in log.records(name) if r["task"] in labels]
+    records = [r for t in todo_tasks for r in log.records(name, t.label, digests[t.label])]
     if todo or show == "all":
         _table(console, name, records, skipped=len(todo_tasks) - len(todo))
     return records

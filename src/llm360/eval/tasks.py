@@ -37,11 +37,20 @@ fewshot_delimiter (default a blank line), as lm-eval renders few-shot prompts.
 
 acc_norm divides each choice's log-likelihood by its length in characters: the continuation as
 written for the benchmarks format, the choice text (without target_delimiter) for the question
-format, exactly what lm-eval's multiple_choice tasks divide by.
+format, exactly what lm-eval's multiple_choice tasks divide by. A benchmarks-format question whose
+choices differ in the context and share the continuation (WinoGrande's partial evaluation: the
+blank filled by each option, then the rest of the sentence) divides by the length of each choice's
+context instead (without the few-shot prompt): lm-eval's choices are then the contexts
+(`multiple_input`), and acc_norm divides by the length of the choices.
+
+A task's results are keyed by its content, not its name: `task_sha256` is the sha256 of the
+questions as scored (see `task_sha256`), so another file called the same, another sample
+(eval.max_questions) or other shots is another task on record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -329,7 +338,7 @@ def _question(doc, spec: TaskSpec, where: str, lineno: int) -> Question:
             raise UserError(f"{where}: `requests` must be a non-empty list of [context, continuation] string pairs")
         requests = [(c, x) for c, x in reqs]
         label = _label(doc, "label", len(requests), where)
-        return Question(qid, requests, label, [len(x) for _, x in requests], lineno, doc)
+        return Question(qid, requests, label, norm_lengths(requests), lineno, doc)
     if "question" in doc:
         q, choices = doc["question"], doc.get("choices")
         if not isinstance(q, str):
@@ -342,6 +351,19 @@ def _question(doc, spec: TaskSpec, where: str, lineno: int) -> Question:
         return Question(qid, requests, label, [len(c) for c in choices], lineno, doc)
     raise UserError(f"{where}: a question needs either `requests` and `label` (benchmarks format) or "
                     "`question`, `choices` and `gold`")
+
+
+def shares_continuation(requests: list[tuple[str, str]]) -> bool:
+    """Whether the choices differ in the context and share the continuation (WinoGrande's shape)."""
+    return len({c for c, _ in requests}) > 1 and len({x for _, x in requests}) == 1
+
+
+def norm_lengths(requests: list[tuple[str, str]]) -> list[int]:
+    """What acc_norm divides by: each continuation's length, or each context's where the choices
+    share the continuation (lm-eval's multiple_input tasks divide by their choices, the contexts)."""
+    if shares_continuation(requests):
+        return [len(c) for c, _ in requests]
+    return [len(x) for _, x in requests]
 
 
 def _label(doc: dict, key: str, n: int, where: str) -> int:
@@ -378,3 +400,17 @@ def fewshot_prefix(spec: TaskSpec, pool: list[Question], question: Question) -> 
     rng = random.Random(f"{FEWSHOT_SEED}/{spec.name}/{question.id}")
     shots = rng.sample(candidates, spec.num_fewshot)
     return "".join(s.requests[s.label][0] + s.requests[s.label][1] + spec.fewshot_delimiter for s in shots)
+
+
+def task_sha256(task: Task, max_questions: int | None = None) -> str | None:
+    """The key of a task file's results in eval.jsonl: sha256 of the sampled questions as scored
+    (id, (context, continuation) pairs with their few-shot prompts, label, acc_norm lengths, one
+    JSON line each), so it changes with the file's content, the sample and the shots, not with
+    the file's name or folder. None for held-out data and lm-eval's own tasks (named by lm-eval)."""
+    spec = task if isinstance(task, TaskSpec) else getattr(task, "spec", None)
+    if spec is None:
+        return None
+    digest = hashlib.sha256()
+    for q in load_questions(spec, max_questions):
+        digest.update(json.dumps([q.id, q.requests, q.label, q.norm_lengths], ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()

@@ -325,6 +325,10 @@ def save_hf(
     With FSDP2 (DTensor weights) every rank must call this: the full tensors are gathered.
     """
     fmt = FORMATS[checkpoint_format(args)]  # a model the format cannot hold stops before any file
+    if tokenizer_dir is not None:  # so that generate (ours and transformers') stops on end-of-text
+        declared_bos, declared_eos = special_token_ids(tokenizer_dir)
+        bos_id = declared_bos if bos_id is None else bos_id
+        eos_id = declared_eos if eos_id is None else eos_id
     state = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = to_hf_state_dict(state, args) if state is not None else {}
     dtype = dtype or next(iter(tensors.values())).dtype  # the embeddings'
@@ -368,6 +372,30 @@ def save_hf(
         for f in found:
             shutil.copyfile(Path(tokenizer_dir) / f, folder / f)
             _fsync(folder / f)
+
+
+def special_token_ids(tokenizer_dir: str | os.PathLike) -> tuple[int | None, int | None]:
+    """(bos id, eos id) that tokenizer_config.json (else special_tokens_map.json) declares, looked
+    up in tokenizer.json; None for a token not declared or not in the vocabulary."""
+    folder = Path(tokenizer_dir)
+    declared: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        path = folder / name
+        if path.is_file():
+            declared.update({k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items()
+                             if k in ("bos_token", "eos_token") and v})
+    if not declared or not (folder / "tokenizer.json").is_file():
+        return None, None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+    def token_id(key: str) -> int | None:
+        token = declared.get(key)
+        token = token.get("content") if isinstance(token, dict) else token
+        return tok.token_to_id(token) if isinstance(token, str) else None
+
+    return token_id("bos_token"), token_id("eos_token")
 
 
 def _write_json(path: Path, obj: dict) -> None:

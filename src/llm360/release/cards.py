@@ -382,9 +382,35 @@ def data_card(facts: Facts) -> str:
                   md_table(["step", "chunk", "rows", "reason"],
                            [[thousands(s["step"]), md(s.get("chunk")), _rows(s.get("rows")), md(s.get("reason"))]
                             for s in skipped]), ""]
-    else:
-        parts += ["None: every row of every trained chunk was trained on.", ""]
+    unseen = _outside_chunks(sources, facts.stages)
+    if unseen:
+        parts += ["Prepared but in no chunk, per source: training rows the stages did not draw, the tokens at the "
+                  "end of each source's stream that did not fill a row, and the held-out rows:", "",
+                  md_table(["source", "rows in no chunk", "tail tokens", "held-out rows"], unseen), ""]
+    if not skipped and not unseen:
+        parts += ["None: every prepared row is in a chunk, and every row of every trained chunk was trained on.", ""]
     return "\n".join(parts)
+
+
+def _outside_chunks(sources: list[dict], stages: list[dict]) -> list[list[str]]:
+    """Per source with any: (rows in no chunk, tail tokens dropped, held-out rows), from the
+    manifest. The stages draw a source's rows through seeded permutations, one epoch after the
+    other, so the distinct rows in chunks are min(training rows, rows drawn by all stages)."""
+    rows = []
+    for s in sources:
+        name, train = s.get("name"), s.get("train_rows")
+        if not isinstance(train, int):
+            continue
+        drawn = sum(_count(st["rows_per_source"].get(name)) for st in stages
+                    if isinstance(st, dict) and isinstance(st.get("rows_per_source"), dict))
+        counts = [max(0, train - min(train, drawn)), _count(s.get("tail_tokens_dropped")), _count(s.get("heldout_rows"))]
+        if any(counts):
+            rows.append([md(name), *(thousands(n) for n in counts)])
+    return rows
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _source_kind(source: dict) -> str:

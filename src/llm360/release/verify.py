@@ -10,6 +10,9 @@ What is checked:
                the data fingerprint recomputed from the manifest matches the manifest and release.json
   checkpoints  the checkpoint table matches the folders (names, steps, tokens), every checkpoint
                matches its CHECKSUMS.sha256, and each was trained on this data (fingerprint)
+  frozen       consecutive checkpoints moved as train.jsonl says they were trained: not identical
+               weights, nor an update norm under the floor of the recorded learning rates
+               (llm360.release.frozen; weights read tensor by tensor)
   config       run.yaml hashes to release.json's config_sha256
   records      every line of metrics/*.jsonl and analysis/**/*.jsonl is a JSON record (a torn line
                is a finding naming file:line)
@@ -38,6 +41,7 @@ from llm360.rundir import RELEASE_FILE, RELEASE_FORMAT
 from llm360.release.files import (Scan, hash_files, link_leaves, parse_json, scan_tree,
                                   through_link, unsafe_path)
 from llm360.release import signature
+from llm360.release.frozen import frozen_findings
 from llm360.release.root import ROOTED_DOCUMENTS, SIGNATURE_FILE, is_root, normal_form, shown_roots
 from llm360.utils import sha256_bytes
 
@@ -50,7 +54,7 @@ TORN_LINES_SHOWN = 10  # per file; the rest are counted
 @dataclass
 class Finding:
     path: str  # the file (or folder) the finding is about, relative to RUN
-    kind: str  # changed, missing, extra, unsafe, inconsistent, invalid
+    kind: str  # changed, missing, extra, unsafe, inconsistent, invalid, frozen
     message: str
     line: int | None = None  # the line of `path` it is about, for a damaged JSONL line
 
@@ -195,6 +199,8 @@ def check(run_dir: str | Path, progress: bool = False, expect: str | None = None
 
     findings += consistency(run_dir, record, scan, hashes)
     findings += _damaged_records(run_dir, hashes)
+    findings += [Finding(rel, "frozen", message) for rel, message in
+                 frozen_findings(run_dir, set(scan.files), lambda rel: _read_json(run_dir, rel, scan))]
     result.checkpoints = len({_checkpoint_of(rel) for rel in scan.files} - {None})
     manifest = _read_json(run_dir, MANIFEST_FILE, scan)
     chunks = manifest.get("chunks") if manifest is not None else None
