@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("index", "llm360.analysis.search:cli_index", "build the search index over all chunk tokens")
     sp.add_argument("run")
+    sp.add_argument("--shard", help="index only shard i of N (chunk range i of N, written as i/N, 0-based; the "
+                    "held-out rows go with the last); queries use all N shards")
     _writes(sp)
     sp = cmd("search", "llm360.analysis.search:cli_search", "find a text (or token ids) in the training data")
     sp.add_argument("run")
