@@ -181,3 +181,13 @@ def test_accuracy_on_clean_and_contaminated_items(run, tmp_path, capsys):
     assert curves[0]["clean_acc"] == curves[0]["contaminated_acc"] == 0.0
     assert main(["analyze", "contamination", str(work), "--tasks", "heldout"]) == 2
     assert "held-out data, not a task file" in capsys.readouterr().err
+
+    # the report's section: the table per task and a clean-vs-contaminated chart where logs exist
+    from llm360.release.facts import gather
+    from llm360.release.report import payload, render
+
+    facts = gather(work)
+    html = render(facts)
+    assert '<section id="contamination">' in html and 'id="chart-contam-0"' in html
+    curve = payload(facts)["contamination"][0]
+    assert curve["task"] == "qa" and [p["contaminated"] for p in curve["points"]] == [0.0, 1.0]

@@ -279,6 +279,7 @@ class TokenIndex:
         self.row_bytes = (self.row_tokens + 1) * self.width
         self.segments = self.info["segments"]
         self._starts = [s["first_row"] for s in self.segments]
+        self.heldout_row = self.first_heldout_row()  # rows from here on are held out
         self._files = []
         self.data = self._map("tokenized.0")
         self.table = self._map("table.0")
@@ -378,6 +379,32 @@ class TokenIndex:
             return hi - lo, 0
         train = int((self.pointers(lo, hi) < limit).sum())
         return train, hi - lo - train
+
+    def has_train(self, tokens) -> bool:
+        """Whether `tokens` occur in a training (chunk) row of this index. Held-out rows sit after the
+        chunk rows, so only a range no bigger than the held-out tokens needs its pointers read."""
+        lo, hi = self.range(tokens)
+        if hi - lo > len(self.data) // self.width - self.heldout_row * (self.row_tokens + 1) or hi == lo:
+            return hi > lo
+        return bool((self.pointers(lo, hi) < self.heldout_row * self.row_bytes).any())
+
+    def longest_matches(self, tokens: list[int]) -> np.ndarray:
+        """L[i]: the length of the longest prefix of tokens[i:] that occurs in a training row of
+        this index. L[i+1] >= L[i] - 1, so each start resumes where the last ended: about two
+        lookups per token."""
+        out, k = np.zeros(len(tokens), np.int64), 0
+        for i in range(len(tokens)):
+            k = max(k - 1, 0)
+            while i + k < len(tokens) and self.has_train(tokens[i:i + k + 1]):
+                k += 1
+            out[i] = k
+        return out
+
+    def first_train_row(self, tokens) -> tuple[int, int] | None:
+        """(row, offset) of the first occurrence of `tokens` in a training row of this index."""
+        rows, offsets = self.positions(tokens)
+        keep = rows < self.heldout_row
+        return (int(rows[keep][0]), int(offsets[keep][0])) if keep.any() else None
 
     def row_tokens_at(self, row: int) -> np.ndarray:
         start = row * self.row_bytes + self.width
@@ -494,7 +521,6 @@ class ShardIndex(TokenIndex):
             raise
         self.run_data = data
         self.chunk_range = tuple(self.info.get("chunk_range") or (0, data.n_chunks))
-        self._heldout_row = self.first_heldout_row()
         self._spans: dict[tuple, dict] = {}
         self._docs = None
 
@@ -510,32 +536,6 @@ class ShardIndex(TokenIndex):
             again = f"llm360 index {run_dir}" + (f" --shard {i}/{n}" if sharded else "")
             raise UserError(f"{what} was built from other data (its fingerprint or chunk hashes differ from "
                             f"data/manifest.json): run `{again}` again")
-
-    def has_train(self, tokens) -> bool:
-        """Whether `tokens` occur in a training row of this shard. Held-out rows sit after the
-        chunk rows, so only a range no bigger than the held-out tokens needs its pointers read."""
-        lo, hi = self.range(tokens)
-        if hi - lo > len(self.data) // self.width - self._heldout_row * (self.row_tokens + 1) or hi == lo:
-            return hi > lo
-        return bool((self.pointers(lo, hi) < self._heldout_row * self.row_bytes).any())
-
-    def longest_matches(self, tokens: list[int]) -> np.ndarray:
-        """L[i]: the length of the longest prefix of tokens[i:] that occurs in a training row of
-        this shard. L[i+1] >= L[i] - 1, so each start resumes where the last ended: about two
-        lookups per token."""
-        out, k = np.zeros(len(tokens), np.int64), 0
-        for i in range(len(tokens)):
-            k = max(k - 1, 0)
-            while i + k < len(tokens) and self.has_train(tokens[i:i + k + 1]):
-                k += 1
-            out[i] = k
-        return out
-
-    def first_train_row(self, tokens) -> tuple[int, int] | None:
-        """(row, offset) of the first occurrence of `tokens` in a training row of this shard."""
-        rows, offsets = self.positions(tokens)
-        keep = rows < self._heldout_row
-        return (int(rows[keep][0]), int(offsets[keep][0])) if keep.any() else None
 
     def _span_columns(self, seg: dict) -> dict:
         key = (seg["kind"], seg.get("chunk", seg.get("source")))
