@@ -159,8 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--samples", type=int, default=None, help="rows per chunk")
     _writes(sp)
 
+    sp = analyze_sub.add_parser(
+        "contamination",
+        help="which evaluation items were in the training data, and from which step",
+        description="Find n-gram overlaps of every item (question and gold answer) of the tasks with the "
+        "training rows through the search index: contaminated fraction per task, the first step, source and "
+        "document of each overlap, and accuracy on clean vs contaminated items from the per-question eval logs.",
+    )
+    sp.set_defaults(func=_handler("llm360.analysis.contamination:cli_contamination"), accepts_overrides=False)
+    sp.add_argument("run")
+    sp.add_argument("--tasks", required=True, help="task names or JSONL/YAML task files, comma separated (as llm360 eval)")
+    sp.add_argument("--ngram", type=int, default=13, help="n of the n-gram overlap (default 13, as GPT-3 and LLaMA)")
+    _writes(sp)
+
     sp = cmd("index", "llm360.analysis.search:cli_index", "build the search index over all chunk tokens")
     sp.add_argument("run")
+    sp.add_argument("--shard", help="index only shard i of N (chunk range i of N, written as i/N, 0-based; the "
+                    "held-out rows go with the last); queries use all N shards")
     _writes(sp)
     sp = cmd("search", "llm360.analysis.search:cli_search", "find a text (or token ids) in the training data")
     sp.add_argument("run")

@@ -63,6 +63,10 @@ TENSORBOARD_DIR = "metrics/tb"
 ANALYSIS_DIR = "analysis"
 MEMORIZATION_DIR = "analysis/memorization"
 SEARCH_DIR = "analysis/search"
+CONTAMINATION_DIR = "analysis/contamination"
+CONTAMINATION_SUMMARY = "analysis/contamination/summary.json"
+CONTAMINATION_ITEMS = "analysis/contamination/items.parquet"
+QUESTIONS_DIR = "metrics/questions"  # per-question eval logs: CHECKPOINT/TASK.parquet
 
 INIT = "init"
 CHUNK_PREFIX = "ckpt_"
@@ -85,6 +89,22 @@ def chunk_checkpoint_name(chunk: int, n_chunks: int) -> str:
 def step_checkpoint_name(steps_done: int) -> str:
     """`step_0000500`: an extra checkpoint after 500 steps (train.extra_checkpoint_steps)."""
     return f"{STEP_PREFIX}{steps_done:07d}"
+
+
+def search_shard_name(shard: int, shards: int) -> str:
+    """`shard-002-of-008`: shard 2 of 8 of the search index, a folder inside analysis/search/."""
+    w = pad_width(shards)
+    return f"shard-{shard:0{w}d}-of-{shards:0{w}d}"
+
+
+def parse_search_shard_name(name: str) -> tuple[int, int] | None:
+    m = re.fullmatch(r"shard-(\d+)-of-(\d+)", name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def question_log_file(checkpoint: str, task: str) -> str:
+    """metrics/questions/CHECKPOINT/TASK.parquet, TASK the eval.jsonl label with `/` as `__`."""
+    return f"{QUESTIONS_DIR}/{checkpoint}/{task.replace('/', '__')}.parquet"
 
 
 class StepRule:

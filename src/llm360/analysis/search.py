@@ -40,7 +40,7 @@ import numpy as np
 
 from llm360.data.store import RunData
 from llm360.errors import UserError
-from llm360.rundir import SEARCH_DIR
+from llm360.rundir import SEARCH_DIR, parse_search_shard_name, search_shard_name
 from llm360.utils import atomic_write_json, replace_dir
 
 FORMAT = "llm360-search/1"
@@ -279,6 +279,7 @@ class TokenIndex:
         self.row_bytes = (self.row_tokens + 1) * self.width
         self.segments = self.info["segments"]
         self._starts = [s["first_row"] for s in self.segments]
+        self.heldout_row = self.first_heldout_row()  # rows from here on are held out
         self._files = []
         self.data = self._map("tokenized.0")
         self.table = self._map("table.0")
@@ -379,13 +380,39 @@ class TokenIndex:
         train = int((self.pointers(lo, hi) < limit).sum())
         return train, hi - lo - train
 
+    def has_train(self, tokens) -> bool:
+        """Whether `tokens` occur in a training (chunk) row of this index. Held-out rows sit after the
+        chunk rows, so only a range no bigger than the held-out tokens needs its pointers read."""
+        lo, hi = self.range(tokens)
+        if hi - lo > len(self.data) // self.width - self.heldout_row * (self.row_tokens + 1) or hi == lo:
+            return hi > lo
+        return bool((self.pointers(lo, hi) < self.heldout_row * self.row_bytes).any())
+
+    def longest_matches(self, tokens: list[int]) -> np.ndarray:
+        """L[i]: the length of the longest prefix of tokens[i:] that occurs in a training row of
+        this index. L[i+1] >= L[i] - 1, so each start resumes where the last ended: about two
+        lookups per token."""
+        out, k = np.zeros(len(tokens), np.int64), 0
+        for i in range(len(tokens)):
+            k = max(k - 1, 0)
+            while i + k < len(tokens) and self.has_train(tokens[i:i + k + 1]):
+                k += 1
+            out[i] = k
+        return out
+
+    def first_train_row(self, tokens) -> tuple[int, int] | None:
+        """(row, offset) of the first occurrence of `tokens` in a training row of this index."""
+        rows, offsets = self.positions(tokens)
+        keep = rows < self.heldout_row
+        return (int(rows[keep][0]), int(offsets[keep][0])) if keep.any() else None
+
     def row_tokens_at(self, row: int) -> np.ndarray:
         start = row * self.row_bytes + self.width
         return np.frombuffer(self.data[start:start + self.row_tokens * self.width], dtype=self.dtype).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
-# the run's index
+# the run's index, in shards
 
 
 def _run_data(run_dir: Path):
@@ -396,49 +423,119 @@ def _chunk_hashes(data) -> list:
     return [c.sha256 for c in data.manifest.chunks]
 
 
-def build_index(run_dir: str | Path, *, backend: str | None = None, mem_bytes: int | None = None,
-                cpus: int | None = None, quiet: bool = False) -> dict:
-    """Index every chunk (in training order) and every held-out row of the run."""
+def shard_chunks(n_chunks: int, shard: int, shards: int) -> tuple[int, int]:
+    """Chunks [a, b) of shard i of N: contiguous, in training order, shard sizes differing by at
+    most one chunk."""
+    return shard * n_chunks // shards, (shard + 1) * n_chunks // shards
+
+
+def shard_dir(run_dir: str | Path, shard: int, shards: int) -> Path:
+    return index_dir(run_dir) / search_shard_name(shard, shards)
+
+
+def shard_folders(run_dir: str | Path) -> dict[tuple[int, int], Path]:
+    """{(i, N): folder} of every shard folder in analysis/search/ (complete or not)."""
+    folder = index_dir(run_dir)
+    found = {}
+    if folder.is_dir():
+        for path in folder.iterdir():
+            parsed = parse_search_shard_name(path.name)
+            if parsed is not None and path.is_dir():
+                found[parsed] = path
+    return found
+
+
+def index_folders(run_dir: str | Path) -> list[Path]:
+    """The folders of the run's index in chunk order: its shards when it has any, else the one
+    index of analysis/search/ (also what an unsharded `llm360 index` writes)."""
+    run_dir = Path(run_dir)
+    shards = shard_folders(run_dir)
+    if not shards:
+        if not (index_dir(run_dir) / "index.json").is_file():
+            raise UserError(f"{run_dir} has no search index yet: run `llm360 index {run_dir}`")
+        return [index_dir(run_dir)]
+    counts = sorted({n for _, n in shards})
+    if len(counts) > 1:
+        names = ", ".join(search_shard_name(*min(k for k in shards if k[1] == n)) for n in counts)
+        raise UserError(f"{index_dir(run_dir)} mixes shards of different splittings ({names}): delete the "
+                        "folders of the splitting you do not want")
+    n = counts[0]
+    for i in range(n):
+        if (i, n) not in shards or not (shards[(i, n)] / "index.json").is_file():
+            raise UserError(f"search index shard {search_shard_name(i, n)} of {run_dir} is missing: run "
+                            f"`llm360 index {run_dir} --shard {i}/{n}`")
+    return [shards[(i, n)] for i in range(n)]
+
+
+def build_index(run_dir: str | Path, *, shard: tuple[int, int] | None = None, backend: str | None = None,
+                mem_bytes: int | None = None, cpus: int | None = None, quiet: bool = False) -> dict:
+    """Index the chunks of shard i of N (in training order) into analysis/search/shard-i-of-N/,
+    the held-out rows with the last shard; without `shard`, every chunk and held-out row into
+    analysis/search/ itself. Memory is bounded by the shard's size (divsufsort_memory)."""
     run_dir = Path(run_dir)
     data = _run_data(run_dir)
+    i, n = shard or (0, 1)
+    if n > data.n_chunks:
+        raise UserError(f"--shard {i}/{n}: {run_dir} has {data.n_chunks} chunks, so at most {data.n_chunks} shards")
+    if shard is None and shard_folders(run_dir):
+        raise UserError(f"{index_dir(run_dir)} holds index shards: build the missing ones with `llm360 index "
+                        f"{run_dir} --shard i/N`, or delete the shard-* folders to build one index")
+    others = sorted(k for k in shard_folders(run_dir) if k[1] != n)
+    if shard is not None and others:
+        raise UserError(f"{index_dir(run_dir)} holds shards of another splitting ({search_shard_name(*others[0])}): "
+                        f"delete them before building shards of {n}")
+    a, b = shard_chunks(data.n_chunks, i, n)
+    heldout = data.heldout_sources if i == n - 1 else []
 
     def blocks():
-        for c in range(data.n_chunks):
+        for c in range(a, b):
             yield {"kind": "chunk", "chunk": c}, data.chunk(c)
-        for source in data.heldout_sources:
+        for source in heldout:
             yield {"kind": "heldout", "source": source}, data.heldout(source)
 
-    meta = {"fingerprint": data.fingerprint, "chunk_sha256": _chunk_hashes(data),
-            "steps_per_chunk": data.steps_per_chunk, "global_batch_rows": data.global_batch_rows,
-            "chunk_first_steps": [data.rule.first_step(c) for c in range(data.n_chunks)]}
+    meta = {"fingerprint": data.fingerprint, "chunk_sha256": _chunk_hashes(data)[a:b], "chunk_range": [a, b],
+            "shard": [i, n], "steps_per_chunk": data.steps_per_chunk, "global_batch_rows": data.global_batch_rows,
+            "chunk_first_steps": [data.rule.first_step(c) for c in range(a, b)]}
+    folder = index_dir(run_dir) if shard is None else shard_dir(run_dir, i, n)
+    build = dict(backend=backend, mem_bytes=mem_bytes, cpus=cpus, meta=meta)
     if quiet:
-        return build_token_index(index_dir(run_dir), blocks(), data.vocab_size, backend=backend, mem_bytes=mem_bytes,
-                                 cpus=cpus, meta=meta)
+        return build_token_index(folder, blocks(), data.vocab_size, **build)
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
-        task = bar.add_task("indexing", total=data.n_chunks + len(data.heldout_sources))
-        info = build_token_index(index_dir(run_dir), blocks(), data.vocab_size, backend=backend, mem_bytes=mem_bytes,
-                                 cpus=cpus, meta=meta, progress=lambda seg: bar.advance(task))
+        task = bar.add_task("indexing", total=b - a + len(heldout))
+        info = build_token_index(folder, blocks(), data.vocab_size, progress=lambda seg: bar.advance(task), **build)
     return info
 
 
-class RunIndex(TokenIndex):
-    """The run's index, with the run's data to say where each occurrence came from."""
+class ShardIndex(TokenIndex):
+    """One folder of the run's index (a shard, or the whole index), checked against the run's
+    data, with the run's provenance to say where each occurrence came from."""
 
-    def __init__(self, run_dir: str | Path, data=None):
-        self.run_dir = Path(run_dir)
-        folder = index_dir(self.run_dir)
-        if not (folder / "index.json").is_file():
-            raise UserError(f"{self.run_dir} has no search index yet: run `llm360 index {self.run_dir}`")
+    def __init__(self, folder: str | Path, data, run_dir: Path):
         super().__init__(folder)
-        self.run_data = data if data is not None else _run_data(self.run_dir)
-        if (self.info.get("fingerprint") != self.run_data.fingerprint
-                or self.info.get("chunk_sha256") != _chunk_hashes(self.run_data)):
-            raise UserError(f"the search index of {self.run_dir} was built from other data: "
-                            f"run `llm360 index {self.run_dir}` again")
-        self._spans: dict[int, dict] = {}
+        try:
+            self._check(data, run_dir)
+        except BaseException:
+            self.close()
+            raise
+        self.run_data = data
+        self.chunk_range = tuple(self.info.get("chunk_range") or (0, data.n_chunks))
+        self._spans: dict[tuple, dict] = {}
         self._docs = None
+
+    def _check(self, data, run_dir: Path) -> None:
+        a, b = self.info.get("chunk_range") or (0, data.n_chunks)
+        i, n = self.info.get("shard") or (0, 1)
+        sharded = self.folder != index_dir(run_dir)
+        if sharded and (self.folder.name != search_shard_name(i, n) or (a, b) != shard_chunks(data.n_chunks, i, n)):
+            raise UserError(f"search index shard {self.folder.name} of {run_dir} holds shard {i}/{n} (chunks {a}-{b - 1}), "
+                            f"not what its name says: run `llm360 index {run_dir} --shard {i}/{n}` again")
+        if self.info.get("fingerprint") != data.fingerprint or self.info.get("chunk_sha256") != _chunk_hashes(data)[a:b]:
+            what = f"search index shard {self.folder.name} of {run_dir}" if sharded else f"the search index of {run_dir}"
+            again = f"llm360 index {run_dir}" + (f" --shard {i}/{n}" if sharded else "")
+            raise UserError(f"{what} was built from other data (its fingerprint or chunk hashes differ from "
+                            f"data/manifest.json): run `{again}` again")
 
     def _span_columns(self, seg: dict) -> dict:
         key = (seg["kind"], seg.get("chunk", seg.get("source")))
@@ -471,15 +568,14 @@ class RunIndex(TokenIndex):
         return found
 
     def describe(self, row: int, offset: int, length: int, context: int = 12, tokenizer=None) -> dict:
-        """One occurrence: chunk, row, offset, step (held out: the source), documents, text around."""
+        """One occurrence (row of this shard): chunk, row, offset, step (held out: the source),
+        documents, text around."""
         seg, local = self.segment_of(row)
         docs = self.documents_at(seg, local, offset, length)
         first = docs[0] if docs else {}
         if seg["kind"] == "chunk":
             c = seg["chunk"]
-            firsts = self.info.get("chunk_first_steps")  # stages may differ in steps per chunk
-            first_step = firsts[c] if firsts else c * self.info["steps_per_chunk"]
-            step = first_step + local // self.info["global_batch_rows"]
+            step = self.run_data.rule.first_step(c) + local // self.run_data.global_batch_rows
             out = {"heldout": False, "chunk": c, "row": local, "offset": offset, "step": step,
                    "source": first.get("source")}
         else:
@@ -496,8 +592,59 @@ class RunIndex(TokenIndex):
             out["after"] = tokenizer.decode(toks[offset + length:b].tolist(), skip_special_tokens=False)
         return out
 
+
+class RunIndex:
+    """The run's index: every shard (or the one index), checked against the run's data, queried
+    as one. Occurrences come in training order, held-out rows (in the last shard) last."""
+
+    def __init__(self, run_dir: str | Path, data=None):
+        self.run_dir = Path(run_dir)
+        self.run_data = data if data is not None else _run_data(self.run_dir)
+        self.shards: list[ShardIndex] = []
+        try:
+            for folder in index_folders(self.run_dir):
+                self.shards.append(ShardIndex(folder, self.run_data, self.run_dir))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def count(self, tokens) -> int:
+        return sum(s.count(tokens) for s in self.shards)
+
+    def count_split(self, tokens) -> tuple[int, int]:
+        """(occurrences in training chunks, occurrences in held-out rows)."""
+        parts = [s.count_split(tokens) for s in self.shards]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
     def train_count(self, tokens) -> int:
         return self.count_split(tokens)[0]
+
+    def positions(self, tokens) -> list[tuple[ShardIndex, np.ndarray, np.ndarray]]:
+        """(shard, rows, offsets) of every occurrence, shard by shard, rows of the shard in order."""
+        return [(s, *s.positions(tokens)) for s in self.shards]
+
+    def longest_matches(self, tokens: list[int]) -> np.ndarray:
+        """L[i]: the longest prefix of tokens[i:] in a training row (a match never spans rows, so
+        never shards: the longest over the shards)."""
+        return np.max([s.longest_matches(tokens) for s in self.shards], axis=0) if tokens else np.zeros(0, np.int64)
+
+    def first_train_occurrence(self, tokens) -> tuple[ShardIndex, int, int] | None:
+        """(shard, row, offset) of the earliest training occurrence: shards are in chunk order."""
+        for s in self.shards:
+            found = s.first_train_row(tokens)
+            if found is not None:
+                return s, *found
+        return None
 
 
 def search(run_dir: str | Path, text: str | None = None, tokens: list[int] | None = None, limit: int = 20,
@@ -513,13 +660,16 @@ def search(run_dir: str | Path, text: str | None = None, tokens: list[int] | Non
             if not tokens:
                 raise UserError(f"{text!r} encodes to no tokens")
         tokens = [int(t) for t in tokens]
-        rows, offsets = index.positions(tokens)
-        limit_row = index.first_heldout_row()
-        n_train = int((rows < limit_row).sum())
-        shown = [index.describe(int(r), int(o), len(tokens), context, tokenizer)
-                 for r, o in zip(rows[:max(0, limit)], offsets[:max(0, limit)])]
-        result = {"query": text, "tokens": tokens, "count": int(len(rows)), "train_count": n_train,
-                  "heldout_count": int(len(rows)) - n_train, "shown": len(shown), "occurrences": shown}
+        hits = index.positions(tokens)
+        count = sum(len(rows) for _, rows, _ in hits)
+        n_train = sum(int((rows < s.first_heldout_row()).sum()) for s, rows, _ in hits)
+        shown = []
+        for s, rows, offsets in hits:
+            take = max(0, limit - len(shown))
+            shown += [s.describe(int(r), int(o), len(tokens), context, tokenizer) for r, o in zip(rows[:take], offsets[:take])]
+        result = {"query": text, "tokens": tokens, "count": count, "train_count": n_train,
+                  "heldout_count": count - n_train, "shown": len(shown), "occurrences": shown,
+                  "shards": len(index.shards)}
         if text and not text[0].isspace():
             # byte-level BPE tokenizes a word inside a text with its leading space: say how
             # often that spelling occurs, since it is usually the one meant
@@ -539,21 +689,37 @@ def parse_tokens(text: str) -> list[int]:
 # command line
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r} must look like i/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: need 0 <= i < N")
+    return i, n
+
+
 def cli_index(args) -> int:
     from rich.console import Console
 
+    shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
+    where = index_dir(args.run) if shard is None else shard_dir(args.run, *shard)
     try:  # an index built from exactly these chunks stays: rebuilding would only change its timestamps
-        RunIndex(args.run)
-        Console(stderr=True).print(f"the search index of {args.run} is up to date ({index_dir(args.run)})")
+        if shard is None:
+            RunIndex(args.run).close()
+        else:
+            ShardIndex(where, _run_data(Path(args.run)), Path(args.run)).close()
+        Console(stderr=True).print(f"the search index of {args.run} is up to date ({where})")
         return 0
     except UserError:
-        pass
-    info = build_index(args.run)
+        if shard is None and shard_folders(args.run):
+            raise  # a shard is missing or stale: that sentence says which
+    info = build_index(args.run, shard=shard)
     Console(stderr=True).print(
         f"indexed {info['tokens']:,} tokens in {info['rows']:,} rows "
-        f"({len([s for s in info['segments'] if s['kind'] == 'chunk'])} chunks, "
+        f"(chunks {info['chunk_range'][0]}-{info['chunk_range'][1] - 1}, "
         f"{sum(s['rows'] for s in info['segments'] if s['kind'] == 'heldout'):,} held-out rows) "
-        f"with {info['backend']} in {info['build_seconds']:.1f} s -> {index_dir(args.run)}")
+        f"with {info['backend']} in {info['build_seconds']:.1f} s -> {where}")
     return 0
 
 

@@ -19,7 +19,7 @@ import yaml
 from llm360.model.args import model_args, num_params
 from llm360.release.files import unsafe_path
 from llm360.rundir import (EVAL_LOG, EVENTS_LOG, MANIFEST_FILE, MEMORIZATION_DIR, STATE_FILE, TRAIN_LOG,
-                           RunDir, StepRule, read_checksums, step_rule_of)
+                           CONTAMINATION_SUMMARY, RunDir, StepRule, read_checksums, step_rule_of)
 from llm360.release.files import parse_json, shallow
 from llm360.utils import read_jsonl_report
 
@@ -39,6 +39,7 @@ class Facts:
     events: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     memorization: list[dict] = field(default_factory=list)
+    contamination: dict = field(default_factory=dict)  # analysis/contamination/summary.json
     steps_per_chunk: int = 1
     batch_rows: int = 1
     seq_len: int = 0
@@ -183,6 +184,7 @@ def gather(run_dir: str | Path) -> Facts:
         evals=_read_records(run_dir / EVAL_LOG),
         memorization=_latest(_read_records(run_dir / MEMORIZATION_DIR / "summary.jsonl"),
                              ("checkpoint", "chunk")),
+        contamination=_read_json(run_dir / CONTAMINATION_SUMMARY),
         steps_per_chunk=_count(manifest.get("steps_per_chunk"), train_cfg.get("steps_per_chunk"), 1),
         batch_rows=_count(manifest.get("global_batch_rows"), train_cfg.get("global_batch_rows"), 1),
         seq_len=_count(manifest.get("seq_len"), data_cfg.get("seq_len"), 0),

@@ -137,10 +137,24 @@ def _memorization(facts: Facts) -> dict:
     return {"checkpoints": checkpoints, "chunks": n_chunks, "histogram": histogram}
 
 
+def _contamination(facts: Facts) -> list[dict]:
+    """Per task: clean and contaminated accuracy per checkpoint (from summary.json)."""
+    tasks = facts.contamination.get("tasks")
+    out = []
+    for task, t in (tasks if isinstance(tasks, dict) else {}).items():
+        points = [p for p in (t.get("accuracy") or []) if isinstance(p, dict)] if isinstance(t, dict) else []
+        out.append({"task": str(task), "points": [{"checkpoint": str(p.get("checkpoint")), "step": finite(p.get("step")),
+                                                   "clean": finite(p.get("clean_acc")),
+                                                   "contaminated": finite(p.get("contaminated_acc"))}
+                                                  for p in points if finite(p.get("step")) is not None]})
+    return out
+
+
 def payload(facts: Facts) -> dict:
     return {"train": _bucketed(facts.train), "stages": _stages(facts), "events": _events(facts),
             "checkpoints": [{"name": c["name"], "step": c["step"]} for c in facts.checkpoints],
-            "evals": _evals(facts), "composition": _composition(facts), "memorization": _memorization(facts)}
+            "evals": _evals(facts), "composition": _composition(facts), "memorization": _memorization(facts),
+            "contamination": _contamination(facts)}
 
 
 # -- the page ------------------------------------------------------------------------------------
@@ -378,6 +392,35 @@ def _memorization_section(facts: Facts, data: dict) -> str:
     return "".join(out)
 
 
+def _contamination_section(facts: Facts, data: dict) -> str:
+    tasks = facts.contamination.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        return ('<p class="empty">No contamination records (analysis/contamination/summary.json): '
+                '<code>llm360 analyze contamination RUN --tasks ...</code> writes them.</p>')
+    rows = []
+    for task, t in tasks.items():
+        t = t if isinstance(t, dict) else {}
+        frac = finite(t.get("contaminated_frac"))
+        sources = t.get("sources") if isinstance(t.get("sources"), list) else []
+        rows.append([esc(task), esc(thousands(finite(t.get("items")))),
+                     esc(thousands(finite(t.get("contaminated"))))
+                     + (f' <span class="note">{100 * frac:.3g}%</span>' if frac is not None else ""),
+                     esc(thousands(finite(t.get("longest_span")))), esc(thousands(finite(t.get("first_step")))),
+                     esc(", ".join(map(str, sources)) or "-")])
+    cards = "".join(f'<div class="card"><h3>{esc(c["task"])} <span class="note">acc, clean vs contaminated</span></h3>'
+                    f'<div class="chart" id="chart-contam-{i}"></div></div>'
+                    for i, c in enumerate(data["contamination"]) if c["points"])
+    no_logs = [c["task"] for c in data["contamination"] if not c["points"]]
+    return (f'<p class="note">An item (question and gold answer) is contaminated when one of its '
+            f'{esc(facts.contamination.get("ngram"))}-grams occurs in a training row (an item shorter than that: the '
+            'whole item). Held-out rows do not count. Per item: analysis/contamination/items.parquet.</p>'
+            + _table(["task", "items", "contaminated", "longest span (tokens)", "first step", "sources"], rows,
+                     numeric={1, 2, 3, 4})
+            + (f'<div class="grid3">{cards}</div>' if cards else "")
+            + (f'<p class="note">No per-question evaluation logs for {esc(", ".join(no_logs))}: overlaps only.</p>'
+               if no_logs else ""))
+
+
 def _checkpoint_section(facts: Facts) -> str:
     if not facts.checkpoints:
         return '<p class="empty">No checkpoints yet.</p>'
@@ -421,6 +464,7 @@ def render(facts: Facts, config_sha256: str | None = None) -> str:
         ("evaluation", "Evaluation", _eval_section(facts, data)),
         ("data", "Data", _data_section(facts, data, samples)),
         ("memorization", "Memorization", _memorization_section(facts, data)),
+        ("contamination", "Contamination", _contamination_section(facts, data)),
         ("checkpoints", "Checkpoints", _checkpoint_section(facts)),
         ("config", "Config and environment", _config_section(facts, config_sha256)),
     ]

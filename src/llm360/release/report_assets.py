@@ -379,6 +379,18 @@ JS = r"""
     });
   });
 
+  (DATA.contamination || []).forEach(function (ct, i) {
+    if (!ct.points.length) return;
+    safely("chart-contam-" + i, function (host) {
+      var xs = ct.points.map(function (p) { return p.step; });
+      var series = [{name: "clean", x: xs, y: ct.points.map(function (p) { return p.clean; }), dots: true, color: "#4e79a7"},
+                    {name: "contaminated", x: xs, y: ct.points.map(function (p) { return p.contaminated; }), dots: true, color: "#e15759"}];
+      lineChart(host, {height: 200, series: series, xLabel: "step", xName: "step", yZero: true,
+                       extraTip: function (j) { return [ct.points[j].checkpoint]; }});
+      legend(host, series.map(function (s) { return {name: s.name, color: s.color}; }));
+    });
+  });
+
   var C = DATA.composition;
   if (C.chunks.length) {
     safely("chart-composition", function (host) {
