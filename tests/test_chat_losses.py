@@ -3,7 +3,6 @@ TRL's DPOTrainer (the DPO loss, its gradients and its reward metrics), on the sa
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
