@@ -5,6 +5,9 @@
 - `prepare(cfg, run_dir)` builds RUN/data (prepare.py; the steps are in sources.py, tokenizer.py,
   encode.py and assemble.py, in that order).
 - `RunData(run_dir)` reads it: the step rule, held-out rows, provenance (store.py).
+- Fine-tuning data: chat.py reads conversations and preference pairs, chat_template.py turns
+  them into ids and loss masks, chat_rows.py packs or pads them into rows, chat_demo.py writes
+  a demo set from the standard library.
 """
 
 from __future__ import annotations

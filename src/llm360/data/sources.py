@@ -352,7 +352,7 @@ class JsonlSource(FileSource):
         rel, _, line = uri.rpartition(":")
         unit = Unit(0, 0, self.name, str(root / rel), rel, 0, text_field=field)
         target = int(line) - 1
-        with _open_jsonl(unit) as f:
+        with open_jsonl(unit.path) as f:
             for i, raw in enumerate(f):
                 if i == target:
                     rec = _jsonl_record(unit, i, raw, field)
@@ -611,24 +611,25 @@ def _drop(key: int, reason: str, what: str, name: str | None = None) -> Record:
     return Record(key, name, None, reason, what)
 
 
-def _open_jsonl(unit: Unit):
-    name = unit.path.lower()
+def open_jsonl(path: str) -> io.BufferedIOBase:
+    """A binary reader of a JSONL file, plain or compressed (.gz, .zst / .zstd by the suffix)."""
+    name = path.lower()
     if name.endswith(".gz"):
-        return gzip.open(unit.path, "rb")
+        return gzip.open(path, "rb")
     if name.endswith((".zst", ".zstd")):
         try:
             import zstandard
         except ImportError:
-            raise UserError(f"{unit.path}: reading .zst needs the zstandard package (pip install zstandard)") from None
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(unit.path, "rb"), closefd=True))
-    return open(unit.path, "rb")
+            raise UserError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
 
 
 def _read_jsonl(unit: Unit) -> Iterator[Record]:
     field = unit.text_field
     key = -1
     try:
-        with _open_jsonl(unit) as f:
+        with open_jsonl(unit.path) as f:
             stop = unit.stop if unit.stop >= 0 else None
             if unit.start:
                 f.seek(unit.start - 1)

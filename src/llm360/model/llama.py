@@ -268,6 +268,7 @@ class Llama(nn.Module):
         start_pos: int = 0,
         positions: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, V) in fp32 for tokens (B, T).
@@ -276,12 +277,17 @@ class Llama(nn.Module):
         positions: (B, T) rotary positions when they differ from the cache positions (left-padded
             rows: a row's first real token is position 0).
         key_mask: (B, start_pos + T) bool, False for padding that no token may attend to.
+        segments: (B, T) ints, the document each token belongs to in a packed row (no cache): a
+            token attends only to earlier tokens of its own segment, and rotary positions restart
+            at 0 where a segment starts, so each document is computed as if it were alone.
         last_only: return only the last position's logits (B, 1, V), all generation needs.
         Training and right-padded scoring need none of these: attention is causal.
         """
         B, T = tokens.shape
         if start_pos + T > self.args.max_seq_len:
             raise UserError(f"sequence of {start_pos + T} tokens exceeds the model context of {self.args.max_seq_len}.")
+        if segments is not None:
+            positions, key_mask = segment_positions(segments), None
         if positions is None:
             cos = self.rope_cos[start_pos:start_pos + T][None, :, None]  # (1, T, 1, hs)
             sin = self.rope_sin[start_pos:start_pos + T][None, :, None]
@@ -289,7 +295,9 @@ class Llama(nn.Module):
             cos = self.rope_cos[positions][:, :, None]  # (B, T, 1, hs)
             sin = self.rope_sin[positions][:, :, None]
         mask = None
-        if key_mask is not None or (start_pos > 0 and T > 1):
+        if segments is not None:
+            mask = segment_mask(segments)  # (B, 1, T, T)
+        elif key_mask is not None or (start_pos > 0 and T > 1):
             mask = attention_mask(B, T, start_pos, key_mask, tokens.device)  # (B, 1, T, S)
         h = self.scale_embeddings(self.tok_embeddings(tokens))  # (B, T, D)
         cos, sin = cos.to(h.dtype), sin.to(h.dtype)
@@ -334,6 +342,59 @@ def attention_mask(B: int, T: int, start_pos: int, key_mask: torch.Tensor | None
         # and NaN * 0 leaks into real rows through the next layer's attention
         mask = mask & (key_mask[:, None, :S] | (k_pos == q_pos)[None])
     return mask[:, None]
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """(B, T) rotary positions of a packed row: 0 at each segment's first token, then 1, 2..."""
+    T = segments.size(1)
+    idx = torch.arange(T, device=segments.device).expand_as(segments)  # (B, T)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    # the index of the latest segment start at or before each token
+    return idx - torch.where(starts, idx, 0).cummax(dim=1).values
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Bool (B, 1, T, T) mask, True = may attend: causal, and only within the token's segment.
+    Every token sees at least itself, so no row of the mask is empty (SDPA would give NaN)."""
+    T = segments.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()  # (T, T)
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    return (same & causal)[:, None]
+
+
+@torch.no_grad()
+def grow_embeddings(model: Llama, new_vocab: int, seed: int) -> None:
+    """Give `model` rows for token ids vocab_size..new_vocab-1 (tokens added to its tokenizer).
+
+    Each new row (of the input embedding, and of the output head when untied) is drawn from a
+    normal with the per-dimension mean and standard deviation of the existing rows, the noise
+    from a CPU torch.Generator seeded with `seed` (embedding rows first, then output rows): a
+    new token starts as a typical token, so its logit sits among the others' rather than far
+    above or below them, and the same seed gives the same rows. Existing rows are not touched;
+    args.vocab_size becomes new_vocab. Grow before sharding or building the optimizer.
+    """
+    old = model.args.vocab_size
+    if new_vocab < old:
+        raise UserError(f"cannot shrink the vocabulary from {old} to {new_vocab} tokens")
+    if new_vocab == old:
+        return
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    emb = model.tok_embeddings
+    emb.weight = nn.Parameter(_grown(emb.weight, new_vocab - old, gen))
+    emb.num_embeddings = new_vocab
+    if model.output is not None:
+        model.output.weight = nn.Parameter(_grown(model.output.weight, new_vocab - old, gen))
+        model.output.out_features = new_vocab
+    model.args.vocab_size = new_vocab
+
+
+def _grown(weight: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """`weight` (V, D) with n rows appended ~ N(mean, std) of its rows, per dimension."""
+    rows = weight.detach().float().cpu()
+    mean, std = rows.mean(dim=0), rows.std(dim=0)  # (D,)
+    new = mean + std * torch.randn(n, rows.size(1), generator=gen)  # (n, D)
+    return torch.cat([weight.detach(), new.to(weight.dtype).to(weight.device)])
 
 
 def _copy_into(p: torch.Tensor, full: torch.Tensor) -> None:
