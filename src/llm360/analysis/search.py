@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm360.data.prepare import parse_shard
 from llm360.data.store import RunData
 from llm360.errors import UserError
 from llm360.rundir import SEARCH_DIR, parse_search_shard_name, search_shard_name
@@ -687,16 +688,6 @@ def parse_tokens(text: str) -> list[int]:
 
 # --------------------------------------------------------------------------------------------
 # command line
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {text!r} must look like i/N, e.g. 0/4") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"--shard {text!r}: need 0 <= i < N")
-    return i, n
 
 
 def cli_index(args) -> int:
